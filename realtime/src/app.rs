@@ -1,0 +1,181 @@
+//! Assembles the process from its configuration: connects the dependencies, prepares
+//! topics and indexes, starts the roles, serves HTTP and shuts down in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socketioxide::SocketIo;
+use socketioxide::handler::ConnectHandler;
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::delivery::PendingStore;
+use crate::gateway::{self, Gateway};
+use crate::http::{self, Probes};
+use crate::metrics::Metrics;
+use crate::persister::Persister;
+use crate::rate_limit::RateLimiter;
+use crate::sequence::Sequencer;
+use crate::store::Store;
+use crate::{kafka, shutdown};
+
+/// Runs until SIGTERM or ctrl-c, then drains and returns.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::default());
+
+    let redis_client =
+        redis::Client::open(cfg.redis_url_resp3()).context("REDIS_URL is not a valid Redis URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client.clone())
+        .await
+        .context("cannot reach Redis at REDIS_URL")?;
+    let store = Store::connect(&cfg.mongodb.uri, &cfg.mongodb.database)
+        .await
+        .context("MONGODB_URI is not a valid MongoDB connection string")?;
+    store
+        .ping()
+        .await
+        .context("cannot reach MongoDB at MONGODB_URI")?;
+    if cfg.mongodb.create_indexes {
+        store
+            .ensure_indexes()
+            .await
+            .context("creating MongoDB indexes failed")?;
+    }
+    if cfg.kafka.create_topics {
+        kafka::ensure_topics(
+            &cfg.kafka,
+            &[&cfg.kafka.message_topic, &cfg.kafka.persistence_topic],
+        )
+        .await
+        .context("cannot create Kafka topics at KAFKA_BROKERS")?;
+    }
+    let producer = kafka::producer(&cfg.kafka)?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut app = http::router(Probes {
+        redis: redis.clone(),
+        store: store.clone(),
+        producer: producer.clone(),
+        metrics: metrics.clone(),
+    });
+
+    let mut io_handle = None;
+    if cfg.role.runs_gateway() {
+        let verifier =
+            Verifier::from_config(&cfg.auth).context("JWT_SECRET is required for the gateway")?;
+        let gw = Arc::new(Gateway {
+            verifier,
+            store: store.clone(),
+            redis: redis.clone(),
+            producer: producer.clone(),
+            rate: RateLimiter::new(redis.clone(), cfg.limits.rate_per_second, cfg.limits.burst),
+            sequencer: Sequencer::new(redis.clone(), store.clone()),
+            pending: PendingStore::new(
+                redis.clone(),
+                cfg.confirmation_timeout(),
+                cfg.delivery.retries,
+            ),
+            metrics: metrics.clone(),
+            cfg: cfg.clone(),
+        });
+        let adapter = RedisAdapterCtr::new_with_redis(&redis_client)
+            .await
+            .context("the Socket.IO Redis adapter needs Redis >= 7 with RESP3")?;
+        let (layer, io) = SocketIo::builder()
+            .with_state(gw.clone())
+            .max_payload(
+                u64::try_from(cfg.limits.max_message_bytes)
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(2)
+                    .saturating_add(64 * 1024),
+            )
+            .with_adapter::<RedisAdapter<_>>(adapter)
+            .build_layer();
+        io.ns(
+            gateway::CHAT_NAMESPACE,
+            gateway::on_connect.with(gateway::authenticate),
+        )
+        .await
+        .context("registering the /chat namespace")?;
+        tasks.spawn(gateway::run_confirmations(
+            gw.clone(),
+            io.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn({
+            let (gw, io, cancel) = (gw.clone(), io.clone(), cancel.clone());
+            async move {
+                gateway::run_sweeper(gw, io, cancel).await;
+                Ok(())
+            }
+        });
+        app = app.layer(layer);
+        io_handle = Some(io);
+    }
+    if cfg.role.runs_persister() {
+        let persister = Persister {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            redis: redis.clone(),
+            producer: producer.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(persister.run(cancel.clone()));
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on LISTEN_ADDR {}", cfg.listen_addr))?;
+    tracing::info!(addr = %cfg.listen_addr, role = ?cfg.role, "listening");
+
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        () = shutdown::signal() => tracing::info!("shutdown requested"),
+        Some(res) = tasks.join_next() => {
+            tracing::error!(result = ?res, "a worker stopped unexpectedly; shutting down");
+        }
+    }
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    if let Some(io) = io_handle {
+        // Disconnecting sockets lets clients reconnect to another gateway at once.
+        if tokio::time::timeout(grace, io.close()).await.is_err() {
+            tracing::warn!("closing sockets took longer than the grace period");
+        }
+    }
+    stop.cancel();
+    cancel.cancel();
+    let drain = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "worker ended with an error");
+            }
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("workers did not stop within the grace period");
+    }
+    let flushed = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        producer.flush(grace)
+    })
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("the producer could not flush every message before exit");
+    }
+    if tokio::time::timeout(grace, server).await.is_err() {
+        tracing::warn!("HTTP server did not stop within the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

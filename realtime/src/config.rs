@@ -1,0 +1,328 @@
+//! Command-line and environment configuration of the data plane.
+//!
+//! Every flag also reads an environment variable; the names and defaults are a contract
+//! (SPEC.md §3) that the operator renders into a ConfigMap, so rename nothing here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Which parts of the data plane this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Socket.IO gateway: accepts clients, produces messages, confirms delivery.
+    Gateway,
+    /// Kafka consumer that writes messages to MongoDB and publishes persistence events.
+    Persister,
+    /// Every role in one process, for a single machine.
+    All,
+}
+
+impl Role {
+    pub fn runs_gateway(self) -> bool {
+        matches!(self, Role::Gateway | Role::All)
+    }
+    pub fn runs_persister(self) -> bool {
+        matches!(self, Role::Persister | Role::All)
+    }
+}
+
+/// Realtime data plane: Socket.IO gateway, persistence worker and health endpoints.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "realtime", version, about)]
+pub struct Config {
+    /// Role of this process.
+    #[arg(long, env = "ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+
+    /// Address of the Socket.IO and HTTP listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    #[command(flatten)]
+    pub mongodb: MongoConfig,
+
+    /// Redis URL (room state, rate limits, sequence numbers, pending confirmations and the
+    /// Socket.IO adapter). RESP3 is required by the adapter and is added when missing.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+
+    /// Hours a conversation's cached state lives in Redis without activity.
+    #[arg(long, env = "ROOM_STATE_TTL_HOURS", default_value_t = 24)]
+    pub room_state_ttl_hours: u64,
+
+    /// Seconds a positive membership check is cached in Redis.
+    #[arg(long, env = "ROOM_AUTHZ_CACHE_TTL", default_value_t = 300)]
+    pub room_authz_cache_ttl: u64,
+
+    /// Seconds given to open connections and in-flight work to finish on shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, comma-separated `host:port`.
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// Topic that carries accepted chat messages, keyed by conversation.
+    #[arg(
+        long = "kafka-message-topic",
+        env = "KAFKA_MESSAGE_TOPIC",
+        default_value = "chat.messages"
+    )]
+    pub message_topic: String,
+
+    /// Topic on which the persister announces stored messages.
+    #[arg(
+        long = "kafka-persistence-topic",
+        env = "KAFKA_PERSISTENCE_TOPIC",
+        default_value = "chat.persistence.events"
+    )]
+    pub persistence_topic: String,
+
+    /// Create the topics at start-up when they are missing (the operator's KafkaTopic
+    /// resources do this in Kubernetes; this is for running outside it).
+    #[arg(long = "kafka-create-topics", env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+
+    /// Partitions of topics created at start-up.
+    #[arg(
+        long = "kafka-topic-partitions",
+        env = "KAFKA_TOPIC_PARTITIONS",
+        default_value_t = 3
+    )]
+    pub topic_partitions: i32,
+
+    /// Consumer group session timeout; a group join takes about half of it on some brokers.
+    #[arg(
+        long = "kafka-session-timeout-ms",
+        env = "KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub session_timeout_ms: u32,
+
+    /// Longest time a fetch waits for data; low values lower confirmation latency.
+    #[arg(
+        long = "kafka-fetch-wait-max-ms",
+        env = "KAFKA_FETCH_WAIT_MAX_MS",
+        default_value_t = 20
+    )]
+    pub fetch_wait_max_ms: u32,
+
+    /// How long the producer keeps trying to deliver a message before giving up.
+    #[arg(
+        long = "kafka-message-timeout-ms",
+        env = "KAFKA_MESSAGE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub message_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MongoConfig {
+    /// MongoDB connection string.
+    #[arg(
+        long = "mongodb-uri",
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/"
+    )]
+    pub uri: String,
+
+    /// Database holding `conversations` and `messages`.
+    #[arg(
+        long = "mongodb-database",
+        env = "MONGODB_DATABASE",
+        default_value = "realtime"
+    )]
+    pub database: String,
+
+    /// Create the default indexes at start-up when missing (MongoIndex resources do this
+    /// in Kubernetes).
+    #[arg(long = "mongodb-create-indexes", env = "MONGODB_CREATE_INDEXES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_indexes: bool,
+
+    /// Messages written to MongoDB in one bulk upsert.
+    #[arg(long = "message-persistence-batch-size", env = "MESSAGE_PERSISTENCE_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Longest wait for a batch to fill before it is written.
+    #[arg(
+        long = "message-persistence-linger-ms",
+        env = "MESSAGE_PERSISTENCE_LINGER_MS",
+        default_value_t = 20
+    )]
+    pub linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// HS256 secret that signs client tokens. Required by the gateway.
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Expected `iss` claim; when set, tokens from another issuer are refused.
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Expected `aud` claim; when set, tokens for another audience are refused.
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Largest message text accepted, in bytes (UTF-8).
+    #[arg(long = "max-message-bytes", env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Messages a user may send per second, sustained (token bucket refill rate).
+    #[arg(
+        long = "rate-limit-per-second",
+        env = "RATE_LIMIT_PER_SECOND",
+        default_value_t = 10.0
+    )]
+    pub rate_per_second: f64,
+
+    /// Messages a user may send in a burst (token bucket size).
+    #[arg(
+        long = "rate-limit-burst",
+        env = "RATE_LIMIT_BURST",
+        default_value_t = 20
+    )]
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// Time to wait for a persistence confirmation before retrying.
+    #[arg(
+        long = "persistence-confirmation-timeout-ms",
+        env = "PERSISTENCE_CONFIRMATION_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub timeout_ms: u64,
+
+    /// Retries (same message id) before the sender is told the message failed.
+    #[arg(
+        long = "persistence-confirmation-retries",
+        env = "PERSISTENCE_CONFIRMATION_RETRIES",
+        default_value_t = 3
+    )]
+    pub retries: u32,
+}
+
+impl Config {
+    pub fn confirmation_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery.timeout_ms)
+    }
+
+    pub fn room_state_ttl(&self) -> Duration {
+        Duration::from_secs(self.room_state_ttl_hours * 3600)
+    }
+
+    /// The Redis URL with RESP3 selected, which the Socket.IO adapter needs.
+    pub fn redis_url_resp3(&self) -> String {
+        if self.redis_url.contains("protocol=") {
+            self.redis_url.clone()
+        } else if self.redis_url.contains('?') {
+            format!("{}&protocol=resp3", self.redis_url)
+        } else {
+            format!("{}?protocol=resp3", self.redis_url)
+        }
+    }
+
+    /// Checks that flags make sense together; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.role.runs_gateway() && self.auth.jwt_secret.as_deref().unwrap_or("").is_empty() {
+            return Err("JWT_SECRET (--jwt-secret) is required for the gateway role".into());
+        }
+        if !(self.limits.rate_per_second > 0.0) {
+            return Err("RATE_LIMIT_PER_SECOND must be greater than 0".into());
+        }
+        if self.limits.burst == 0 {
+            return Err("RATE_LIMIT_BURST must be at least 1".into());
+        }
+        if self.limits.max_message_bytes == 0 {
+            return Err("MAX_MESSAGE_BYTES must be at least 1".into());
+        }
+        if self.delivery.timeout_ms == 0 {
+            return Err("PERSISTENCE_CONFIRMATION_TIMEOUT_MS must be at least 1".into());
+        }
+        if self.kafka.topic_partitions < 1 {
+            return Err("KAFKA_TOPIC_PARTITIONS must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut full = vec!["realtime"];
+        full.extend_from_slice(args);
+        Config::try_parse_from(full).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(&["--jwt-secret", "s"]);
+        assert_eq!(c.role, Role::All);
+        assert_eq!(c.kafka.message_topic, "chat.messages");
+        assert_eq!(c.kafka.persistence_topic, "chat.persistence.events");
+        assert_eq!(c.mongodb.batch_size, 100);
+        assert_eq!(c.delivery.timeout_ms, 5000);
+        assert_eq!(c.delivery.retries, 3);
+        assert_eq!(c.room_state_ttl_hours, 24);
+        assert_eq!(c.room_authz_cache_ttl, 300);
+        assert_eq!(c.limits.max_message_bytes, 16384);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn gateway_without_secret_is_refused_with_the_variable_name() {
+        let c = parse(&["--role", "gateway"]);
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let persister = parse(&["--role", "persister"]);
+        assert!(persister.validate().is_ok());
+    }
+
+    #[test]
+    fn resp3_is_added_once() {
+        let mut c = parse(&["--jwt-secret", "s"]);
+        c.redis_url = "redis://h:1/".into();
+        assert_eq!(c.redis_url_resp3(), "redis://h:1/?protocol=resp3");
+        c.redis_url = "redis://h:1/?db=2".into();
+        assert_eq!(c.redis_url_resp3(), "redis://h:1/?db=2&protocol=resp3");
+        c.redis_url = "redis://h:1/?protocol=resp3".into();
+        assert_eq!(c.redis_url_resp3(), "redis://h:1/?protocol=resp3");
+    }
+
+    #[test]
+    fn zero_batch_size_is_refused() {
+        assert!(
+            Config::try_parse_from(["realtime", "--message-persistence-batch-size", "0"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Errors the gateway reports to clients, with their stable codes.
+//!
+//! The codes are a contract (SPEC.md §3): tenants' apps switch on them. Add codes; never
+//! rename one.
+
+use serde::Serialize;
+
+/// Stable error codes sent to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No token, or a token that is expired, wrongly signed or for another issuer/audience.
+    Unauthorized,
+    /// Valid identity, but not allowed (not a participant, another tenant's conversation).
+    Forbidden,
+    /// The event's payload has the wrong shape or values.
+    InvalidPayload,
+    /// The message text is larger than the configured limit.
+    TooLarge,
+    /// The user sends faster than the configured rate.
+    RateLimited,
+    /// The conversation does not exist (for this tenant).
+    NotFound,
+    /// A dependency (broker, database, Redis) did not answer; retrying later may work.
+    Unavailable,
+    /// The event name is not part of the protocol.
+    UnknownEvent,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownEvent => "unknown_event",
+        }
+    }
+}
+
+/// An error as the client sees it: `{code, message}` (plus `retryAfterMs` when rate-limited).
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ClientError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ClientError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn unavailable(what: &str) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{what} is not reachable right now; retry later"),
+        )
+    }
+}
+
+/// Failures of the data plane's dependencies, labelled by category for metrics and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("encoding: {0}")]
+    Encoding(#[from] serde_json::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// A short label for metrics and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Redis(_) => "redis",
+            Error::Mongo(_) => "mongodb",
+            Error::Kafka(_) => "kafka",
+            Error::Encoding(_) => "encoding",
+            Error::Other(_) => "other",
+        }
+    }
+
+    /// What the client is told: the dependency is down; internals stay in the logs.
+    pub fn to_client(&self) -> ClientError {
+        match self {
+            Error::Redis(_) => ClientError::unavailable("redis"),
+            Error::Mongo(_) => ClientError::unavailable("the database"),
+            Error::Kafka(_) => ClientError::unavailable("the message broker"),
+            Error::Encoding(_) | Error::Other(_) => ClientError::unavailable("the service"),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_stable_strings() {
+        for code in [
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::InvalidPayload,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::NotFound,
+            ErrorCode::Unavailable,
+            ErrorCode::UnknownEvent,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn client_error_shape() {
+        let mut e = ClientError::new(ErrorCode::RateLimited, "slow down");
+        e.retry_after_ms = Some(120);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"code": "rate_limited", "message": "slow down", "retryAfterMs": 120})
+        );
+        assert_eq!(e.to_string(), "rate_limited: slow down");
+    }
+}

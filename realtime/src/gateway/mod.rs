@@ -1,0 +1,337 @@
+//! The Socket.IO gateway: the `/chat` namespace, its handshake and its events.
+//!
+//! A handler here validates, authorizes and sequences; it never writes MongoDB (that is
+//! the persister's job) and never acks a message before the broker has acknowledged it.
+
+mod confirm;
+mod reply;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureProducer;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{Event, SocketRef, State, TryData};
+
+pub use confirm::{run_confirmations, run_sweeper};
+use reply::Reply;
+
+use crate::auth::{self, Identity, Verifier};
+use crate::config::Config;
+use crate::delivery::PendingStore;
+use crate::error::{ClientError, Error, ErrorCode};
+use crate::kafka;
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::protocol::{ChatRecord, HistoryRequest, RoomRequest, SendRequest, now_ms};
+use crate::rate_limit::{Decision, RateLimiter};
+use crate::sequence::Sequencer;
+use crate::store::Store;
+
+pub const CHAT_NAMESPACE: &str = "/chat";
+
+/// Everything a gateway handler needs; shared as Socket.IO state.
+pub struct Gateway {
+    pub cfg: Config,
+    pub verifier: Verifier,
+    pub store: Store,
+    pub redis: ConnectionManager,
+    pub producer: FutureProducer,
+    pub rate: RateLimiter,
+    pub sequencer: Sequencer,
+    pub pending: PendingStore,
+    pub metrics: Arc<Metrics>,
+}
+
+pub type Shared = Arc<Gateway>;
+
+/// Handshake middleware: no valid token, no connection.
+pub async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(auth): TryData<Value>,
+    State(gw): State<Shared>,
+) -> Result<(), ClientError> {
+    let from_header = auth::token_from_headers(&s.req_parts().headers);
+    let token = auth::token_from_auth(auth.as_ref().ok()).or(from_header);
+    let result = match token {
+        None => Err(ClientError::new(
+            ErrorCode::Unauthorized,
+            "no token: connect with auth {\"token\": \"<JWT>\"}",
+        )),
+        Some(token) => gw.verifier.verify(token),
+    };
+    match result {
+        Ok(identity) => {
+            s.extensions.insert(identity);
+            Ok(())
+        }
+        Err(e) => {
+            gw.metrics.connections_refused.inc();
+            tracing::debug!(reason = %e.message, "connection refused");
+            Err(e)
+        }
+    }
+}
+
+/// Connect handler of `/chat`; use with [`authenticate`] as middleware.
+pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(gw): State<Shared>) {
+    let Some(id) = s.extensions.get::<Identity>() else {
+        // Unreachable: the middleware inserts the identity before the handler runs.
+        s.disconnect().ok();
+        return;
+    };
+    s.join(keys::user_room(&id.tenant_id, &id.user_id));
+    gw.metrics.connected_sockets.inc();
+    s.on("room:join", on_join::<A>);
+    s.on("room:leave", on_leave::<A>);
+    s.on("message:send", on_send::<A>);
+    s.on("messages:history", on_history::<A>);
+    s.on_fallback(on_unknown::<A>);
+    s.on_disconnect(async |State(gw): State<Shared>| {
+        gw.metrics.connected_sockets.dec();
+    });
+}
+
+fn identity<A: Adapter>(s: &SocketRef<A>) -> Result<Identity, ClientError> {
+    s.extensions
+        .get::<Identity>()
+        .ok_or_else(|| ClientError::new(ErrorCode::Unauthorized, "socket is not authenticated"))
+}
+
+fn payload(data: Result<Value, impl std::fmt::Display>) -> Option<Value> {
+    data.ok().filter(|v| !v.is_null())
+}
+
+async fn on_join<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    reply: Reply<A>,
+    State(gw): State<Shared>,
+) {
+    let result = async {
+        let id = identity(&s)?;
+        let req = RoomRequest::parse("room:join", payload(data).as_ref())?;
+        gw.authorize(&id, &req.conversation_id).await?;
+        s.join(keys::conversation_room(&id.tenant_id, &req.conversation_id));
+        Ok(json!({"conversationId": req.conversation_id}))
+    }
+    .await;
+    reply.send(result);
+}
+
+async fn on_leave<A: Adapter>(s: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>) {
+    let result = identity(&s).and_then(|id| {
+        let req = RoomRequest::parse("room:leave", payload(data).as_ref())?;
+        s.leave(keys::conversation_room(&id.tenant_id, &req.conversation_id));
+        Ok(json!({"conversationId": req.conversation_id}))
+    });
+    reply.send(result);
+}
+
+async fn on_send<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    reply: Reply<A>,
+    State(gw): State<Shared>,
+) {
+    let started = Instant::now();
+    match gw.accept(&s, payload(data).as_ref()).await {
+        Ok((record, duplicate)) => {
+            gw.metrics
+                .ack_latency
+                .observe(started.elapsed().as_secs_f64());
+            reply.ok(
+                json!({"messageId": record.message_id, "seq": record.seq, "duplicate": duplicate}),
+            );
+            if duplicate {
+                return;
+            }
+            let room = keys::conversation_room(&record.tenant_id, &record.conversation_id);
+            if let Err(e) = s.to(room).emit("message:new", &record.to_wire()).await {
+                tracing::warn!(error = %e, "broadcast of message:new failed");
+            }
+        }
+        Err(e) => {
+            gw.metrics.reject(e.code);
+            reply.err(&e);
+        }
+    }
+}
+
+async fn on_history<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    reply: Reply<A>,
+    State(gw): State<Shared>,
+) {
+    let result = async {
+        let id = identity(&s)?;
+        let req = HistoryRequest::parse(payload(data).as_ref())?;
+        gw.authorize(&id, &req.conversation_id).await?;
+        let limit = req.limit();
+        // One extra row tells whether an older page exists.
+        let mut messages = gw
+            .store
+            .history(&id.tenant_id, &req.conversation_id, req.before_seq, limit + 1)
+            .await
+            .map_err(|e| gw.internal(&e))?;
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Ok(json!({"conversationId": req.conversation_id, "messages": messages, "hasMore": has_more}))
+    }
+    .await;
+    reply.send(result);
+}
+
+async fn on_unknown<A: Adapter>(Event(event): Event, reply: Reply<A>) {
+    let mut name: String = event.chars().take(64).collect();
+    if name.len() < event.len() {
+        name.push('…');
+    }
+    reply.err(&ClientError::new(
+        ErrorCode::UnknownEvent,
+        format!("event {name:?} is not part of the /chat protocol"),
+    ));
+}
+
+impl Gateway {
+    /// Logs a dependency failure and turns it into what the client may see.
+    fn internal(&self, e: &Error) -> ClientError {
+        tracing::warn!(error = %e, category = e.category(), "dependency failure");
+        e.to_client()
+    }
+
+    /// Membership check, cached in Redis for `ROOM_AUTHZ_CACHE_TTL` seconds when positive.
+    async fn authorize(&self, id: &Identity, conversation: &str) -> Result<(), ClientError> {
+        let key = keys::membership(&id.tenant_id, conversation, &id.user_id);
+        let mut conn = self.redis.clone();
+        let cached: Option<String> = conn.get(&key).await.map_err(|e| self.internal(&e.into()))?;
+        if cached.is_some() {
+            return Ok(());
+        }
+        let member = self
+            .store
+            .is_participant(&id.tenant_id, conversation, &id.user_id)
+            .await
+            .map_err(|e| self.internal(&e))?;
+        if !member {
+            return Err(ClientError::new(
+                ErrorCode::Forbidden,
+                format!("you are not a participant of conversation {conversation}"),
+            ));
+        }
+        let _: () = conn
+            .set_ex(&key, "1", self.cfg.room_authz_cache_ttl.max(1))
+            .await
+            .map_err(|e| self.internal(&e.into()))?;
+        Ok(())
+    }
+
+    /// Validates, authorizes, rate-limits and sequences a message, then produces it and
+    /// waits for the broker. On success the message is durable in Kafka. The flag is true
+    /// when the idempotency key was seen before (nothing new was produced).
+    async fn accept<A: Adapter>(
+        &self,
+        s: &SocketRef<A>,
+        data: Option<&Value>,
+    ) -> Result<(ChatRecord, bool), ClientError> {
+        let id = identity(s)?;
+        let req = SendRequest::parse(data, self.cfg.limits.max_message_bytes)?;
+        let room = keys::conversation_room(&id.tenant_id, &req.conversation_id);
+        if !s.rooms().iter().any(|r| *r == room) {
+            return Err(ClientError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "join conversation {} (room:join) before sending to it",
+                    req.conversation_id
+                ),
+            ));
+        }
+        match self
+            .rate
+            .check(&id.tenant_id, &id.user_id)
+            .await
+            .map_err(|e| self.internal(&e))?
+        {
+            Decision::Allowed => {}
+            Decision::Limited { retry_after_ms } => {
+                let mut e = ClientError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} messages per second; retry in {retry_after_ms} ms",
+                        self.cfg.limits.rate_per_second
+                    ),
+                );
+                e.retry_after_ms = Some(retry_after_ms);
+                return Err(e);
+            }
+        }
+        let alloc = self
+            .sequencer
+            .allocate(
+                &id.tenant_id,
+                &req.conversation_id,
+                &id.user_id,
+                &req.client_message_id,
+            )
+            .await
+            .map_err(|e| self.internal(&e))?;
+        let crate::protocol::SendRequest {
+            conversation_id,
+            client_message_id,
+            content,
+        } = req;
+        let record = ChatRecord {
+            tenant_id: id.tenant_id,
+            conversation_id,
+            message_id: alloc.message_id,
+            seq: alloc.seq,
+            sender_id: id.user_id,
+            client_message_id,
+            content,
+            created_at_ms: now_ms(),
+        };
+        if alloc.duplicate {
+            // Same idempotency key: the first send owns production and confirmation.
+            return Ok((record, true));
+        }
+        if let Err(e) = self.produce(&record).await {
+            self.sequencer
+                .release(
+                    &record.tenant_id,
+                    &record.sender_id,
+                    &record.client_message_id,
+                )
+                .await
+                .map_err(|e| self.internal(&e))?;
+            return Err(self.internal(&e));
+        }
+        self.metrics.messages_accepted.inc();
+        Ok((record, false))
+    }
+
+    /// Registers the pending confirmation, then produces; undoes the registration when the
+    /// broker refuses.
+    async fn produce(&self, record: &ChatRecord) -> Result<(), Error> {
+        self.pending.register(record).await?;
+        let sent = kafka::send(
+            &self.producer,
+            &self.cfg.kafka.message_topic,
+            &record.key(),
+            &serde_json::to_vec(record)?,
+        )
+        .await;
+        if sent.is_err() {
+            self.pending.forget(&record.message_id).await?;
+        }
+        sent
+    }
+
+    pub fn confirmation_poll_interval(&self) -> Duration {
+        (self.cfg.confirmation_timeout() / 10)
+            .clamp(Duration::from_millis(20), Duration::from_millis(250))
+    }
+}

@@ -1,0 +1,79 @@
+//! Answering a client event: through its ack callback when it asked for one, otherwise
+//! (for failures) with an `error` event, so no refusal goes unnoticed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde::Serialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::AckSender;
+use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::socket::Socket;
+
+use crate::error::ClientError;
+
+/// Extractor that knows whether the client is waiting for an acknowledgement.
+pub struct Reply<A: Adapter> {
+    socket: Arc<Socket<A>>,
+    ack: AckSender<A>,
+    wants_ack: bool,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Reply<A> {
+    type Error = Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let ack = AckSender::from_message_parts(s, v, ack_id)?;
+        Ok(Self {
+            socket: s.clone(),
+            ack,
+            wants_ack: ack_id.is_some(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorAck<'a> {
+    ok: bool,
+    error: &'a ClientError,
+}
+
+impl<A: Adapter> Reply<A> {
+    /// Sends `{ok: true, ...body}` to the ack callback (nothing when there is none).
+    pub fn ok(self, body: serde_json::Value) {
+        if !self.wants_ack {
+            return;
+        }
+        let mut value = serde_json::json!({"ok": true});
+        if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), body) {
+            target.extend(extra);
+        }
+        if let Err(e) = self.ack.send(&value) {
+            tracing::debug!(error = %e, "ack not delivered: socket gone");
+        }
+    }
+
+    /// Sends `{ok: false, error: {code, message}}` to the ack callback, or an `error` event.
+    pub fn err(self, error: &ClientError) {
+        let sent = if self.wants_ack {
+            self.ack
+                .send(&ErrorAck { ok: false, error })
+                .map_err(|e| e.to_string())
+        } else {
+            self.socket.emit("error", error).map_err(|e| e.to_string())
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, code = error.code.as_str(), "error reply not delivered: socket gone");
+        }
+    }
+
+    pub fn send(self, result: Result<serde_json::Value, ClientError>) {
+        match result {
+            Ok(body) => self.ok(body),
+            Err(e) => self.err(&e),
+        }
+    }
+}

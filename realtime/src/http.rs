@@ -1,0 +1,77 @@
+//! HTTP endpoints next to Socket.IO: `/healthz` (the process runs), `/readyz` (Redis,
+//! the broker and MongoDB answer) and `/metrics` (Prometheus text format).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rdkafka::producer::FutureProducer;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Probes {
+    pub redis: ConnectionManager,
+    pub store: Store,
+    pub producer: FutureProducer,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(probes: Probes) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(probes)
+}
+
+async fn ready(State(p): State<Probes>) -> impl IntoResponse {
+    let mut conn = p.redis.clone();
+    let redis = async {
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    };
+    let mongo = async { p.store.ping().await.is_ok() };
+    let kafka = crate::kafka::reachable(&p.producer, CHECK_TIMEOUT);
+    let (redis, mongodb, kafka) = tokio::join!(
+        with_timeout(redis),
+        with_timeout(mongo),
+        with_timeout(kafka)
+    );
+    let status = if redis && mongodb && kafka {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"redis": redis, "mongodb": mongodb, "kafka": kafka})),
+    )
+}
+
+async fn with_timeout(check: impl Future<Output = bool>) -> bool {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
+async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        p.metrics.render(),
+    )
+}

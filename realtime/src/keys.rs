@@ -1,0 +1,59 @@
+//! Redis keys and Socket.IO room names. Every per-tenant name starts with the tenant, so
+//! no key or room of one tenant can be addressed through another tenant's identifiers
+//! (identifiers cannot contain `:`; see `protocol::validate_id`).
+
+pub fn sequence(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:seq:{conversation}")
+}
+
+pub fn idempotency(tenant: &str, user: &str, client_message_id: &str) -> String {
+    format!("rt:{tenant}:idem:{user}:{client_message_id}")
+}
+
+pub fn rate_limit(tenant: &str, user: &str) -> String {
+    format!("rt:{tenant}:rl:{user}")
+}
+
+pub fn membership(tenant: &str, conversation: &str, user: &str) -> String {
+    format!("rt:{tenant}:authz:{conversation}:{user}")
+}
+
+pub fn conversation_cache(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:conv:{conversation}")
+}
+
+pub fn pending(message_id: &str) -> String {
+    format!("rt:pending:{message_id}")
+}
+
+pub const PENDING_DEADLINES: &str = "rt:pending:deadlines";
+
+/// Room of a conversation's members.
+pub fn conversation_room(tenant: &str, conversation: &str) -> String {
+    format!("c:{tenant}:{conversation}")
+}
+
+/// Room of all sockets of one user, on every gateway.
+pub fn user_room(tenant: &str, user: &str) -> String {
+    format!("u:{tenant}:{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_leads_every_scoped_name() {
+        for name in [
+            sequence("t", "c"),
+            idempotency("t", "u", "k"),
+            rate_limit("t", "u"),
+            membership("t", "c", "u"),
+            conversation_cache("t", "c"),
+        ] {
+            assert!(name.starts_with("rt:t:"), "{name}");
+        }
+        assert_eq!(conversation_room("t", "c"), "c:t:c");
+        assert_eq!(user_room("t", "u"), "u:t:u");
+    }
+}

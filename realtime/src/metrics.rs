@@ -1,0 +1,180 @@
+//! Prometheus metrics of the data plane. Labels carry categories (error code, outcome),
+//! never tenant, user or conversation ids, so cardinality stays bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    pub category: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connected_sockets: Gauge,
+    pub connections_refused: Counter,
+    pub messages_accepted: Counter,
+    pub messages_rejected: Family<CodeLabel, Counter>,
+    pub ack_latency: Histogram,
+    pub confirmations: Counter,
+    pub confirmation_latency: Histogram,
+    pub delivery_retries: Counter,
+    pub delivery_failures: Counter,
+    pub persisted_messages: Counter,
+    pub persist_batches: Counter,
+    pub persist_batch_seconds: Histogram,
+    pub persist_errors: Family<CategoryLabel, Counter>,
+    pub poison_records: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("realtime");
+        let m = Metrics {
+            registry: Registry::default(),
+            connected_sockets: Gauge::default(),
+            connections_refused: Counter::default(),
+            messages_accepted: Counter::default(),
+            messages_rejected: Family::default(),
+            ack_latency: latency_histogram(),
+            confirmations: Counter::default(),
+            confirmation_latency: latency_histogram(),
+            delivery_retries: Counter::default(),
+            delivery_failures: Counter::default(),
+            persisted_messages: Counter::default(),
+            persist_batches: Counter::default(),
+            persist_batch_seconds: latency_histogram(),
+            persist_errors: Family::default(),
+            poison_records: Counter::default(),
+        };
+        registry.register(
+            "connected_sockets",
+            "Sockets connected to this gateway",
+            m.connected_sockets.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at the handshake (bad or missing token)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages acknowledged by the broker and acked to the sender",
+            m.messages_accepted.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "message:send refused, by error code",
+            m.messages_rejected.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "From message:send received to ack sent",
+            m.ack_latency.clone(),
+        );
+        registry.register(
+            "delivery_confirmations",
+            "message:persisted sent to senders",
+            m.confirmations.clone(),
+        );
+        registry.register(
+            "delivery_confirmation_latency_seconds",
+            "From message creation to message:persisted",
+            m.confirmation_latency.clone(),
+        );
+        registry.register(
+            "delivery_retries",
+            "Messages produced again after a confirmation timeout",
+            m.delivery_retries.clone(),
+        );
+        registry.register(
+            "delivery_failures",
+            "message:failed sent after the last retry",
+            m.delivery_failures.clone(),
+        );
+        registry.register(
+            "persisted_messages",
+            "Messages written to MongoDB by the persister (new documents)",
+            m.persisted_messages.clone(),
+        );
+        registry.register(
+            "persist_batches",
+            "Batches written by the persister",
+            m.persist_batches.clone(),
+        );
+        registry.register(
+            "persist_batch_seconds",
+            "Time to write a batch, publish its events and commit",
+            m.persist_batch_seconds.clone(),
+        );
+        registry.register(
+            "persist_errors",
+            "Persister failures by dependency category (the batch is retried)",
+            m.persist_errors.clone(),
+        );
+        registry.register(
+            "poison_records",
+            "Undecodable records skipped by the persister",
+            m.poison_records.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn reject(&self, code: crate::error::ErrorCode) {
+        self.messages_rejected
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::default();
+        m.messages_accepted.inc();
+        m.reject(crate::error::ErrorCode::TooLarge);
+        let text = m.render();
+        assert!(
+            text.contains("realtime_messages_accepted_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("realtime_messages_rejected_total{code=\"too_large\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("realtime_ack_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

