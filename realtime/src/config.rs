@@ -104,6 +104,11 @@ pub struct KafkaConfig {
     #[arg(long = "kafka-create-topics", env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
 
+    /// Prefix of consumer group names (`<prefix>-persister`,
+    /// `<prefix>-gateway-confirmations`); installations sharing a broker need distinct ones.
+    #[arg(long = "kafka-group-prefix", env = "KAFKA_GROUP_PREFIX", default_value = "realtime")]
+    pub group_prefix: String,
+
     /// Partitions of topics created at start-up.
     #[arg(
         long = "kafka-topic-partitions",
@@ -228,6 +233,12 @@ pub struct DeliveryConfig {
         default_value_t = 3
     )]
     pub retries: u32,
+}
+
+impl KafkaConfig {
+    pub fn group(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.group_prefix)
+    }
 }
 
 impl Config {

@@ -26,8 +26,6 @@ use crate::metrics::{CategoryLabel, Metrics};
 use crate::protocol::{ChatRecord, PersistenceEvent};
 use crate::store::Store;
 
-pub const PERSISTER_GROUP: &str = "realtime-persister";
-
 pub struct Persister {
     pub cfg: Config,
     pub store: Store,
@@ -39,9 +37,10 @@ pub struct Persister {
 impl Persister {
     /// Consumes until `cancel` fires; the batch in hand is finished and committed first.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
-        let consumer: StreamConsumer = kafka::consumer(&self.cfg.kafka, PERSISTER_GROUP, false)?;
+        let group = self.cfg.kafka.group("persister");
+        let consumer: StreamConsumer = kafka::consumer(&self.cfg.kafka, &group, false)?;
         consumer.subscribe(&[self.cfg.kafka.message_topic.as_str()])?;
-        tracing::info!(topic = %self.cfg.kafka.message_topic, group = PERSISTER_GROUP, "persister started");
+        tracing::info!(topic = %self.cfg.kafka.message_topic, %group, "persister started");
         let mut backoff = Backoff::default();
         while let Some(batch) = self.next_batch(&consumer, &cancel, &mut backoff).await {
             let started = Instant::now();

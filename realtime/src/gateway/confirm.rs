@@ -19,15 +19,13 @@ use crate::kafka;
 use crate::keys;
 use crate::protocol::{Failed, Persisted, PersistenceEvent, now_ms};
 
-pub const CONFIRMATION_GROUP: &str = "realtime-gateway-confirmations";
-
 /// Consumes `chat.persistence.events` until `cancel` fires.
 pub async fn run_confirmations<A: Adapter>(
     gw: Shared,
     io: SocketIo<A>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = kafka::consumer(&gw.cfg.kafka, CONFIRMATION_GROUP, true)?;
+    let consumer: StreamConsumer = kafka::consumer(&gw.cfg.kafka, &gw.cfg.kafka.group("gateway-confirmations"), true)?;
     consumer.subscribe(&[gw.cfg.kafka.persistence_topic.as_str()])?;
     let mut backoff = Backoff::default();
     loop {

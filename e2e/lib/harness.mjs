@@ -1,0 +1,215 @@
+// Test harness: starts real `realtime` processes against the local stack
+// (scripts/stack.sh), mints tokens, seeds MongoDB and connects the official
+// socket.io-client. Every process it starts is stopped by `stopAll()`.
+import { spawn } from "node:child_process";
+import { createHmac, randomUUID } from "node:crypto";
+import { createServer } from "node:net";
+import { existsSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { MongoClient } from "mongodb";
+import { io as ioClient } from "socket.io-client";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const REPO = resolve(here, "../..");
+
+export const SECRET = "e2e-secret-" + randomUUID();
+export const ISSUER = "realtime-e2e";
+export const AUDIENCE = "realtime";
+
+/** The stack's addresses; fails loudly when the stack is not configured. */
+export function stackEnv() {
+  const missing = ["REDIS_URL", "KAFKA_BROKERS", "MONGODB_URI"].filter((k) => !process.env[k]);
+  if (missing.length) {
+    throw new Error(
+      `${missing.join(", ")} not set: start the stack with scripts/stack.sh up and ` +
+        `eval "$(scripts/stack.sh env)" (scripts/test.sh does both)`,
+    );
+  }
+  return {
+    REDIS_URL: process.env.REDIS_URL,
+    KAFKA_BROKERS: process.env.KAFKA_BROKERS,
+    MONGODB_URI: process.env.MONGODB_URI,
+  };
+}
+
+export function realtimeBin() {
+  const bin = process.env.REALTIME_BIN ?? resolve(REPO, "target/debug/realtime");
+  if (!existsSync(bin)) throw new Error(`${bin} not found: run cargo build -p realtime first`);
+  return bin;
+}
+
+/** A Redis URL selecting database `db`, so suites do not share pending state. */
+export function redisUrlWithDb(db) {
+  const u = new URL(stackEnv().REDIS_URL);
+  u.pathname = `/${db}`;
+  return u.toString();
+}
+
+export async function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on("error", fail);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+const b64url = (buf) => Buffer.from(buf).toString("base64url");
+
+/** HS256 token with the claims of SPEC.md §3. */
+export function mintToken({ tenant, user, secret = SECRET, iss = ISSUER, aud = AUDIENCE, expIn = 3600, roles }) {
+  const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const claims = { sub: user, tenant_id: tenant, iss, aud, exp: Math.floor(Date.now() / 1000) + expIn };
+  if (roles) claims.roles = roles;
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac("sha256", secret).update(`${header}.${body}`).digest("base64url");
+  return `${header}.${body}.${sig}`;
+}
+
+const running = new Set();
+
+/**
+ * Starts `realtime` with `role` and waits until /readyz answers 200.
+ * `env` overrides the defaults (e.g. PERSISTENCE_CONFIRMATION_TIMEOUT_MS).
+ */
+export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefix, env = {}, port }) {
+  const stack = stackEnv();
+  port ??= await freePort();
+  const child = spawn(realtimeBin(), [], {
+    env: {
+      PATH: process.env.PATH,
+      RUST_LOG: process.env.RUST_LOG ?? "info,rdkafka=warn",
+      ROLE: role,
+      LISTEN_ADDR: `127.0.0.1:${port}`,
+      REDIS_URL: redisUrlWithDb(redisDb),
+      KAFKA_BROKERS: stack.KAFKA_BROKERS,
+      KAFKA_MESSAGE_TOPIC: `${topicPrefix}.chat.messages`,
+      KAFKA_PERSISTENCE_TOPIC: `${topicPrefix}.chat.persistence.events`,
+      KAFKA_GROUP_PREFIX: groupPrefix ?? topicPrefix,
+      KAFKA_SESSION_TIMEOUT_MS: "6000",
+      MONGODB_URI: stack.MONGODB_URI,
+      MONGODB_DATABASE: db,
+      JWT_SECRET: SECRET,
+      JWT_ISSUER: ISSUER,
+      JWT_AUDIENCE: AUDIENCE,
+      SHUTDOWN_GRACE_SECONDS: "5",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const proc = { child, port, url: `http://127.0.0.1:${port}`, role, log: [], exited: null };
+  const keep = (chunk) => {
+    proc.log.push(chunk.toString());
+    if (proc.log.length > 400) proc.log.splice(0, 200);
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  proc.exited = new Promise((ok) => child.on("exit", (code, signal) => ok({ code, signal })));
+  running.add(proc);
+  proc.exited.then(() => running.delete(proc));
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) {
+      throw new Error(`realtime (${role}) exited with ${child.exitCode}:\n${proc.log.join("")}`);
+    }
+    try {
+      const res = await fetch(`${proc.url}/readyz`);
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`realtime (${role}) not ready in 30 s:\n${proc.log.join("")}`);
+    }
+    await sleep(100);
+  }
+  return proc;
+}
+
+/** Stops a process: SIGTERM (graceful) by default, SIGKILL to simulate a crash. */
+export async function stop(proc, signal = "SIGTERM") {
+  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return proc.exited;
+  proc.child.kill(signal);
+  const timer = setTimeout(() => proc.child.kill("SIGKILL"), 15_000);
+  const res = await proc.exited;
+  clearTimeout(timer);
+  return res;
+}
+
+export async function stopAll() {
+  await Promise.all([...running].map((p) => stop(p, "SIGKILL")));
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` until it returns a truthy value or `timeoutMs` passes. */
+export async function waitFor(check, { timeoutMs = 20_000, intervalMs = 50, what = "condition" } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+export async function mongo(db) {
+  const client = new MongoClient(stackEnv().MONGODB_URI);
+  await client.connect();
+  return { client, db: client.db(db) };
+}
+
+export async function seedConversation(db, tenant, conversation, users) {
+  const participants = users.map((u, i) => ({ user_id: u, role: i === 0 ? "owner" : "member" }));
+  await db.collection("conversations").replaceOne(
+    { tenant_id: tenant, conversation_id: conversation },
+    { tenant_id: tenant, conversation_id: conversation, participants },
+    { upsert: true },
+  );
+}
+
+const sockets = new Set();
+
+/**
+ * Connects to `/chat` and records every server event. Resolves once connected,
+ * rejects with the server's connect_error.
+ */
+export function connect(proc, token, opts = {}) {
+  const socket = ioClient(`${proc.url}/chat`, {
+    auth: token === undefined ? undefined : { token },
+    transports: ["websocket"],
+    reconnection: false,
+    forceNew: true,
+    ackTimeout: 10_000,
+    ...opts,
+  });
+  sockets.add(socket);
+  socket.events = [];
+  socket.onAny((event, payload) => socket.events.push({ event, payload, at: Date.now() }));
+  socket.received = (event) => socket.events.filter((e) => e.event === event).map((e) => e.payload);
+  return new Promise((ok, fail) => {
+    socket.once("connect", () => ok(socket));
+    socket.once("connect_error", (err) => {
+      socket.close();
+      fail(err);
+    });
+  });
+}
+
+export function closeAllSockets() {
+  for (const s of sockets) s.close();
+  sockets.clear();
+}
+
+/** A fresh namespace for one suite: database, Redis db, topics, tenant ids. */
+export function suite(name, redisDb) {
+  const id = `${name}-${randomUUID().slice(0, 8)}`;
+  return { db: `e2e_${id.replace(/-/g, "_")}`, redisDb, topicPrefix: `e2e.${id}`, id };
+}
+
+export const text = (t) => ({ type: "text", text: t });
