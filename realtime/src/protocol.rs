@@ -159,12 +159,12 @@ impl HistoryRequest {
     pub fn parse(payload: Option<&Value>) -> Result<Self, ClientError> {
         let req: Self = decode("messages:history", payload)?;
         validate_id("conversationId", &req.conversation_id)?;
-        if let Some(limit) = req.limit {
-            if limit == 0 || limit > MAX_HISTORY_LIMIT {
-                return Err(invalid(format!(
-                    "limit must be between 1 and {MAX_HISTORY_LIMIT}, got {limit}"
-                )));
-            }
+        if let Some(limit) = req.limit
+            && (limit == 0 || limit > MAX_HISTORY_LIMIT)
+        {
+            return Err(invalid(format!(
+                "limit must be between 1 and {MAX_HISTORY_LIMIT}, got {limit}"
+            )));
         }
         Ok(req)
     }

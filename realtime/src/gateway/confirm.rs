@@ -25,7 +25,11 @@ pub async fn run_confirmations<A: Adapter>(
     io: SocketIo<A>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = kafka::consumer(&gw.cfg.kafka, &gw.cfg.kafka.group("gateway-confirmations"), true)?;
+    let consumer: StreamConsumer = kafka::consumer(
+        &gw.cfg.kafka,
+        &gw.cfg.kafka.group("gateway-confirmations"),
+        true,
+    )?;
     consumer.subscribe(&[gw.cfg.kafka.persistence_topic.as_str()])?;
     let mut backoff = Backoff::default();
     loop {
