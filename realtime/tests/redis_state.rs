@@ -19,14 +19,22 @@ fn env(name: &str) -> String {
 
 async fn redis() -> ConnectionManager {
     let client = redis::Client::open(env("REDIS_URL")).expect("REDIS_URL");
-    ConnectionManager::new(client).await.expect("Redis reachable at REDIS_URL")
+    ConnectionManager::new(client)
+        .await
+        .expect("Redis reachable at REDIS_URL")
 }
 
 async fn store() -> Store {
-    let store = Store::connect(&env("MONGODB_URI"), &format!("it_{}", uuid::Uuid::new_v4().simple()))
+    let store = Store::connect(
+        &env("MONGODB_URI"),
+        &format!("it_{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await
+    .expect("MONGODB_URI");
+    store
+        .ping()
         .await
-        .expect("MONGODB_URI");
-    store.ping().await.expect("MongoDB reachable at MONGODB_URI");
+        .expect("MongoDB reachable at MONGODB_URI");
     store
 }
 
@@ -52,17 +60,32 @@ async fn token_bucket_allows_the_burst_then_limits_with_a_retry_hint() {
     let limiter = RateLimiter::new(redis().await, 2.0, 3);
     let tenant = unique("t");
     for _ in 0..3 {
-        assert_eq!(limiter.check(&tenant, "u").await.unwrap(), Decision::Allowed);
+        assert_eq!(
+            limiter.check(&tenant, "u").await.unwrap(),
+            Decision::Allowed
+        );
     }
     match limiter.check(&tenant, "u").await.unwrap() {
-        Decision::Limited { retry_after_ms } => assert!((1..=500).contains(&retry_after_ms), "{retry_after_ms}"),
+        Decision::Limited { retry_after_ms } => {
+            assert!((1..=500).contains(&retry_after_ms), "{retry_after_ms}")
+        }
         Decision::Allowed => panic!("the fourth take must be limited"),
     }
     // Another user and another tenant have their own buckets.
-    assert_eq!(limiter.check(&tenant, "v").await.unwrap(), Decision::Allowed);
-    assert_eq!(limiter.check(&unique("t"), "u").await.unwrap(), Decision::Allowed);
+    assert_eq!(
+        limiter.check(&tenant, "v").await.unwrap(),
+        Decision::Allowed
+    );
+    assert_eq!(
+        limiter.check(&unique("t"), "u").await.unwrap(),
+        Decision::Allowed
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(limiter.check(&tenant, "u").await.unwrap(), Decision::Allowed, "refilled at 2/s");
+    assert_eq!(
+        limiter.check(&tenant, "u").await.unwrap(),
+        Decision::Allowed,
+        "refilled at 2/s"
+    );
 }
 
 #[tokio::test]
@@ -94,7 +117,13 @@ async fn a_missing_counter_is_seeded_from_the_stored_maximum() {
     let mut stored = record(&unique("m"));
     stored.tenant_id = tenant.clone();
     stored.seq = 41;
-    assert_eq!(store.upsert_messages(std::slice::from_ref(&stored)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .upsert_messages(std::slice::from_ref(&stored))
+            .await
+            .unwrap(),
+        1
+    );
     let seq = Sequencer::new(redis().await, store.clone());
     assert_eq!(seq.allocate(&tenant, "c", "u", "k").await.unwrap().seq, 42);
     // Upserting the same message again inserts nothing.
@@ -107,8 +136,15 @@ async fn pending_entries_are_confirmed_once_and_retried_then_failed() {
     let pending = PendingStore::new(redis().await, Duration::from_millis(100), 1);
     let confirmed = record(&unique("m"));
     pending.register(&confirmed).await.unwrap();
-    assert_eq!(pending.confirm(&confirmed.message_id).await.unwrap(), Some(confirmed.clone()));
-    assert_eq!(pending.confirm(&confirmed.message_id).await.unwrap(), None, "second confirmation is a no-op");
+    assert_eq!(
+        pending.confirm(&confirmed.message_id).await.unwrap(),
+        Some(confirmed.clone())
+    );
+    assert_eq!(
+        pending.confirm(&confirmed.message_id).await.unwrap(),
+        None,
+        "second confirmation is a no-op"
+    );
 
     let late = record(&unique("m"));
     pending.register(&late).await.unwrap();
@@ -119,11 +155,27 @@ async fn pending_entries_are_confirmed_once_and_retried_then_failed() {
             })
             .collect::<Vec<_>>()
     };
-    assert!(mine(pending.claim_expired(1000).await.unwrap()).is_empty(), "not due yet");
+    assert!(
+        mine(pending.claim_expired(1000).await.unwrap()).is_empty(),
+        "not due yet"
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(mine(pending.claim_expired(1000).await.unwrap()), vec![Expired::Retry(late.clone())]);
-    assert!(mine(pending.claim_expired(1000).await.unwrap()).is_empty(), "re-armed with a new deadline");
+    assert_eq!(
+        mine(pending.claim_expired(1000).await.unwrap()),
+        vec![Expired::Retry(late.clone())]
+    );
+    assert!(
+        mine(pending.claim_expired(1000).await.unwrap()).is_empty(),
+        "re-armed with a new deadline"
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(mine(pending.claim_expired(1000).await.unwrap()), vec![Expired::Fail(late.clone())]);
-    assert_eq!(pending.confirm(&late.message_id).await.unwrap(), None, "a failed entry is gone");
+    assert_eq!(
+        mine(pending.claim_expired(1000).await.unwrap()),
+        vec![Expired::Fail(late.clone())]
+    );
+    assert_eq!(
+        pending.confirm(&late.message_id).await.unwrap(),
+        None,
+        "a failed entry is gone"
+    );
 }
