@@ -171,3 +171,25 @@ test("the server is still up and serving after all of that", async () => {
   const alice = await h.connect(rt, h.mintToken({ tenant, user: "alice" }));
   assert.equal((await alice.emitWithAck("room:join", { conversationId: "general" })).ok, true);
 });
+
+test("packets that are not JSON at all do not hurt the server", async () => {
+  const { WebSocket } = await import("ws");
+  const port = rt.port;
+  const raw = new WebSocket(`ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`);
+  const frames = [];
+  raw.on("message", (m) => frames.push(m.toString()));
+  const closed = new Promise((ok) => raw.on("close", ok));
+  await h.waitFor(() => frames.some((f) => f.startsWith("0{")), { what: "engine.io open" });
+  raw.send(`40/chat,${JSON.stringify({ token: h.mintToken({ tenant, user: "alice" }) })}`);
+  await h.waitFor(() => frames.some((f) => f.startsWith("40/chat,")), { what: "namespace connect" });
+  raw.send('42/chat,1["message:send",{"conversationId": "general", "clientMessageId": "raw"');
+  raw.send("42/chat,2not json at all");
+  raw.send("\u0000\u0001binary garbage");
+  // The server either ignores such frames or closes this one connection; it never crashes.
+  await Promise.race([closed, h.sleep(1000)]);
+  raw.terminate();
+  assert.equal((await fetch(`${rt.url}/healthz`)).status, 200);
+  const alice = await h.connect(rt, h.mintToken({ tenant, user: "alice" }));
+  assert.equal((await alice.emitWithAck("room:join", { conversationId: "general" })).ok, true);
+  assert.equal(await store.db.collection("messages").countDocuments({ client_message_id: "raw" }), 0);
+});

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
 use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
@@ -88,6 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .context("the Socket.IO Redis adapter needs Redis >= 7 with RESP3")?;
         let (layer, io) = SocketIo::builder()
             .with_state(gw.clone())
+            .max_buffer_size(cfg.socket_max_buffer)
             .max_payload(
                 u64::try_from(cfg.limits.max_message_bytes)
                     .unwrap_or(u64::MAX)
@@ -130,7 +132,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
         .await
-        .with_context(|| format!("cannot listen on LISTEN_ADDR {}", cfg.listen_addr))?;
+        .with_context(|| format!("cannot listen on LISTEN_ADDR {}", cfg.listen_addr))?
+        // Small Socket.IO frames (acks) must not wait for Nagle's algorithm.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
     tracing::info!(addr = %cfg.listen_addr, role = ?cfg.role, "listening");
 
     let stop = CancellationToken::new();

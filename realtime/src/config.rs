@@ -68,6 +68,10 @@ pub struct Config {
     #[arg(long, env = "ROOM_AUTHZ_CACHE_TTL", default_value_t = 300)]
     pub room_authz_cache_ttl: u64,
 
+    /// Packets queued per socket before further emits to it are dropped (slow client).
+    #[arg(long, env = "SOCKET_MAX_BUFFER", default_value_t = 4096)]
+    pub socket_max_buffer: usize,
+
     /// Seconds given to open connections and in-flight work to finish on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,

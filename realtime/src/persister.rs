@@ -40,6 +40,13 @@ impl Persister {
         let group = self.cfg.kafka.group("persister");
         let consumer: StreamConsumer = kafka::consumer(&self.cfg.kafka, &group, false)?;
         consumer.subscribe(&[self.cfg.kafka.message_topic.as_str()])?;
+        let unique_index = self.store.message_id_is_unique().await?;
+        if !unique_index {
+            tracing::warn!(
+                "messages has no unique index on message_id: writing with upserts, which is slower; \
+                 create it (MONGODB_CREATE_INDEXES=true or a MongoIndex resource) and restart"
+            );
+        }
         tracing::info!(topic = %self.cfg.kafka.message_topic, %group, "persister started");
         let mut backoff = Backoff::default();
         while let Some(batch) = self.next_batch(&consumer, &cancel, &mut backoff).await {
@@ -47,7 +54,7 @@ impl Persister {
             // A failed batch is retried as a whole until it succeeds or we are told to stop;
             // its offsets are not committed, so a stop replays it on the next start.
             loop {
-                match self.persist(&batch).await {
+                match self.persist(&batch, unique_index).await {
                     Ok(()) => break,
                     Err(e) => {
                         self.metrics
@@ -118,7 +125,7 @@ impl Persister {
         Some(batch)
     }
 
-    async fn persist(&self, batch: &[OwnedMessage]) -> Result<()> {
+    async fn persist(&self, batch: &[OwnedMessage], unique_index: bool) -> Result<()> {
         let records: Vec<ChatRecord> = batch
             .iter()
             .filter_map(|m| {
@@ -140,7 +147,7 @@ impl Persister {
         if records.is_empty() {
             return Ok(());
         }
-        let inserted = self.store.upsert_messages(&records).await?;
+        let inserted = self.store.write_messages(&records, unique_index).await?;
         self.metrics.persisted_messages.inc_by(inserted);
         self.store.touch_conversations(&records).await?;
         self.refresh_cache(&records).await?;

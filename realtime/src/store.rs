@@ -131,6 +131,56 @@ impl Store {
         docs.iter().map(wire_from_document).collect()
     }
 
+    /// True when `messages` has a unique index on `message_id`, which makes a plain
+    /// insert refuse a redelivered message.
+    pub async fn message_id_is_unique(&self) -> Result<bool> {
+        let mut cursor = self.messages().list_indexes().await?;
+        while let Some(index) = cursor.try_next().await? {
+            let unique = index
+                .options
+                .as_ref()
+                .and_then(|o| o.unique)
+                .unwrap_or(false);
+            if unique && index.keys.keys().eq(["message_id"]) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stores a batch keyed by `message_id` so that a redelivered message changes nothing.
+    /// With the unique index ([`Self::message_id_is_unique`]) this is one unordered
+    /// `insert` whose duplicate-key refusals are the redeliveries (about twice as fast as
+    /// upserts); without it, one `update` command of `$setOnInsert` upserts. Returns how
+    /// many documents were new.
+    pub async fn write_messages(&self, records: &[ChatRecord], unique_index: bool) -> Result<u64> {
+        if unique_index {
+            self.insert_messages(records).await
+        } else {
+            self.upsert_messages(records).await
+        }
+    }
+
+    async fn insert_messages(&self, records: &[ChatRecord]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let documents: Vec<Bson> = records
+            .iter()
+            .map(|r| message_document(r).map(Bson::Document))
+            .collect::<Result<_>>()?;
+        let reply = self
+            .db
+            .run_command(doc! {"insert": MESSAGES, "documents": documents, "ordered": false})
+            .await?;
+        let duplicates = duplicate_key_errors(&reply)?;
+        let inserted = reply
+            .get_i32("n")
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        tracing::debug!(inserted, duplicates, "messages inserted");
+        Ok(inserted)
+    }
+
     /// Stores a batch with one `update` command of upserts keyed by `message_id`
     /// (`$setOnInsert`), so a redelivered message changes nothing. Returns how many
     /// documents were newly inserted.
@@ -188,6 +238,32 @@ impl Store {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Counts write errors that are duplicate-key refusals (code 11000); any other write error
+/// fails the whole call.
+fn duplicate_key_errors(reply: &Document) -> Result<usize> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok(0);
+    };
+    let mut duplicates = 0;
+    for e in errors {
+        let code = e
+            .as_document()
+            .and_then(|d| d.get("code"))
+            .and_then(|c| match c {
+                Bson::Int32(v) => Some(i64::from(*v)),
+                Bson::Int64(v) => Some(*v),
+                Bson::Double(v) => Some(*v as i64),
+                _ => None,
+            });
+        if code == Some(11000) {
+            duplicates += 1;
+        } else {
+            return Err(Error::Other(format!("mongodb write error: {e}")));
+        }
+    }
+    Ok(duplicates)
 }
 
 fn check_write_reply(reply: &Document) -> Result<()> {
@@ -270,6 +346,16 @@ mod tests {
             "text"
         );
         assert_eq!(wire_from_document(&d).unwrap(), r.to_wire());
+    }
+
+    #[test]
+    fn duplicate_keys_are_redeliveries_other_errors_fail() {
+        assert_eq!(duplicate_key_errors(&doc! {"n": 2}).unwrap(), 0);
+        let dup = doc! {"n": 1, "writeErrors": [{"index": 1, "code": 11000}, {"index": 2, "code": 11000_i64}]};
+        assert_eq!(duplicate_key_errors(&dup).unwrap(), 2);
+        let other =
+            doc! {"n": 0, "writeErrors": [{"index": 0, "code": 11000}, {"index": 1, "code": 121}]};
+        assert!(duplicate_key_errors(&other).is_err());
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::kafka;
 use crate::keys;
 use crate::protocol::{Failed, Persisted, PersistenceEvent, now_ms};
 
+/// Confirmations handled at once by one gateway.
+const MAX_INFLIGHT: u32 = 256;
+
 /// Consumes `chat.persistence.events` until `cancel` fires.
 pub async fn run_confirmations<A: Adapter>(
     gw: Shared,
@@ -31,6 +34,7 @@ pub async fn run_confirmations<A: Adapter>(
         true,
     )?;
     consumer.subscribe(&[gw.cfg.kafka.persistence_topic.as_str()])?;
+    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT as usize));
     let mut backoff = Backoff::default();
     loop {
         let msg = tokio::select! {
@@ -50,11 +54,20 @@ pub async fn run_confirmations<A: Adapter>(
             msg.payload().and_then(|p| serde_json::from_slice(p).ok());
         match event {
             Some(event) => {
-                // A failure here leaves the pending entry in Redis: the sweeper retries the
-                // message and the persister's next event confirms it.
-                if let Err(e) = confirm(&gw, &io, &event).await {
-                    tracing::warn!(error = %e, message_id = %event.message_id, "confirmation failed");
-                }
+                // Confirmations are independent: handle them concurrently (bounded). A
+                // failure, or a crash before one finishes, leaves the pending entry in
+                // Redis; the sweeper then produces the message again and the persister's
+                // next event confirms it. So the offset can be stored at once.
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
+                let (gw, io) = (gw.clone(), io.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = confirm(&gw, &io, &event).await {
+                        tracing::warn!(error = %e, message_id = %event.message_id, "confirmation failed");
+                    }
+                    drop(permit);
+                });
             }
             None => tracing::warn!(
                 offset = msg.offset(),
@@ -64,6 +77,10 @@ pub async fn run_confirmations<A: Adapter>(
         if let Err(e) = consumer.store_offset_from_message(&msg) {
             tracing::warn!(error = %e, "storing consumer offset failed");
         }
+    }
+    // Let the confirmations in flight finish before the final commit.
+    if inflight.acquire_many(MAX_INFLIGHT).await.is_err() {
+        tracing::warn!("confirmation semaphore closed before shutdown");
     }
     consumer
         .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)

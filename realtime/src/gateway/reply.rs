@@ -52,7 +52,7 @@ impl<A: Adapter> Reply<A> {
             target.extend(extra);
         }
         if let Err(e) = self.ack.send(&value) {
-            tracing::debug!(error = %e, "ack not delivered: socket gone");
+            tracing::warn!(error = %e, "ack not delivered (socket gone or its buffer is full)");
         }
     }
 
@@ -66,7 +66,7 @@ impl<A: Adapter> Reply<A> {
             self.socket.emit("error", error).map_err(|e| e.to_string())
         };
         if let Err(e) = sent {
-            tracing::debug!(error = %e, code = error.code.as_str(), "error reply not delivered: socket gone");
+            tracing::warn!(error = %e, code = error.code.as_str(), "error reply not delivered (socket gone or its buffer is full)");
         }
     }
 
