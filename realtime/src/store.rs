@@ -16,6 +16,7 @@ use crate::protocol::{ChatRecord, Content, WireMessage};
 
 pub const CONVERSATIONS: &str = "conversations";
 pub const MESSAGES: &str = "messages";
+const NAMESPACE_NOT_FOUND: i32 = 26;
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -134,7 +135,15 @@ impl Store {
     /// True when `messages` has a unique index on `message_id`, which makes a plain
     /// insert refuse a redelivered message.
     pub async fn message_id_is_unique(&self) -> Result<bool> {
-        let mut cursor = self.messages().list_indexes().await?;
+        let mut cursor = match self.messages().list_indexes().await {
+            Ok(cursor) => cursor,
+            // The collection does not exist yet, so neither does the index.
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == NAMESPACE_NOT_FOUND) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
         while let Some(index) = cursor.try_next().await? {
             let unique = index
                 .options

@@ -181,3 +181,26 @@ async fn pending_entries_are_confirmed_once_and_retried_then_failed() {
         "a failed entry is gone"
     );
 }
+
+#[tokio::test]
+async fn redelivered_messages_are_stored_once_with_either_write_path() {
+    let store = store().await;
+    let batch: Vec<ChatRecord> = (0..5).map(|_| record(&unique("m"))).collect();
+    // Without the unique index the persister must upsert.
+    assert!(!store.message_id_is_unique().await.unwrap());
+    assert_eq!(store.write_messages(&batch[..3], false).await.unwrap(), 3);
+    assert_eq!(store.write_messages(&batch[..3], false).await.unwrap(), 0);
+    store.ensure_indexes().await.unwrap();
+    assert!(store.message_id_is_unique().await.unwrap());
+    // With it, a plain insert whose duplicate-key refusals are the redeliveries.
+    assert_eq!(store.write_messages(&batch, true).await.unwrap(), 2);
+    assert_eq!(store.write_messages(&batch, true).await.unwrap(), 0);
+    let stored = store
+        .database()
+        .collection::<mongodb::bson::Document>("messages")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(stored, 5);
+    store.database().drop().await.unwrap();
+}
