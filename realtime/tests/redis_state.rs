@@ -1,8 +1,8 @@
 //! The Redis-backed state (rate limiter, sequencer, pending confirmations) against the
 //! real Redis and MongoDB of `scripts/stack.sh`. These tests need the stack: without
 //! REDIS_URL / MONGODB_URI they fail with a message saying how to start it.
-// Helpers outside #[test] functions may fail loudly too: this is test code.
-#![allow(clippy::expect_used, clippy::panic)]
+// Test helpers may fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 

@@ -1,0 +1,128 @@
+//! Types shared by several kinds: references, deletion policy and status conditions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A key of a Secret in the resource's own namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A reference to another resource in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRef {
+    /// Name of the referenced resource.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What happens to the external object (topic, index) when the resource is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the external object (default): deleting the resource only stops managing it.
+    #[default]
+    Retain,
+    /// Delete the external object with the resource.
+    Delete,
+}
+
+/// Condition types and reasons, in one place so that tools can rely on them.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    pub const DEGRADED: &str = "Degraded";
+
+    pub const REASON_AVAILABLE: &str = "Available";
+    pub const REASON_PROGRESSING: &str = "Progressing";
+    pub const REASON_MISSING_REFERENCE: &str = "MissingReference";
+    pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+    pub const REASON_RECONCILED: &str = "Reconciled";
+}
+
+/// A condition with `lastTransitionTime` left for [`merge_conditions`] to decide.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Builds the new condition list: a condition whose status did not change keeps its
+/// `lastTransitionTime` (so a reconcile that changes nothing writes nothing new); a
+/// changed or new one gets `now`. Conditions not in `desired` are dropped.
+pub fn merge_conditions(
+    current: &[Condition],
+    desired: Vec<Condition>,
+    now: Time,
+) -> Vec<Condition> {
+    desired
+        .into_iter()
+        .map(|mut c| {
+            c.last_transition_time = match current.iter().find(|old| old.type_ == c.type_) {
+                Some(old) if old.status == c.status => old.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let first = merge_conditions(
+            &[],
+            vec![condition("Ready", false, "Progressing", "waiting", Some(1))],
+            at(10),
+        );
+        assert_eq!(first[0].last_transition_time, at(10));
+        let same = merge_conditions(
+            &first,
+            vec![condition(
+                "Ready",
+                false,
+                "Progressing",
+                "still waiting",
+                Some(2),
+            )],
+            at(20),
+        );
+        assert_eq!(same[0].last_transition_time, at(10), "status unchanged");
+        assert_eq!(same[0].message, "still waiting");
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge_conditions(
+            &same,
+            vec![condition("Ready", true, "Available", "ok", Some(2))],
+            at(30),
+        );
+        assert_eq!(flipped[0].last_transition_time, at(30));
+        assert_eq!(flipped[0].status, "True");
+    }
+}

@@ -1,0 +1,90 @@
+//! MongoIndex: an index created with createIndexes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DeletionPolicy, LocalRef};
+
+/// A MongoDB index. A conflicting existing index is reported, and only replaced when
+/// `replaceConflicting` is set.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "realtime.dev",
+    version = "v1alpha1",
+    kind = "MongoIndex",
+    namespaced,
+    shortname = "mi",
+    status = "MongoIndexStatus",
+    printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
+    printcolumn = r#"{"name":"Index","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoIndexSpec {
+    /// Database (defaults to the cluster's database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Collection.
+    #[schemars(length(min = 1, max = 120))]
+    pub collection: String,
+    /// Index keys, in order.
+    #[schemars(length(min = 1, max = 32))]
+    pub keys: Vec<IndexKey>,
+    /// Index name (defaults to MongoDB's `field_order_…` form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Refuse documents with duplicate keys.
+    #[serde(default)]
+    pub unique: bool,
+    /// Skip documents that lack the indexed fields.
+    #[serde(default)]
+    pub sparse: bool,
+    /// TTL: documents expire this many seconds after the indexed date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub expire_after_seconds: Option<i64>,
+    /// Only index documents matching this filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::mongo_index::any_object")]
+    pub partial_filter_expression: Option<serde_json::Value>,
+    /// Drop and recreate an existing index of the same name with other options.
+    #[serde(default)]
+    pub replace_conflicting: bool,
+    /// `Retain` (default) keeps the index when the resource is deleted; `Delete` drops it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// The RealtimeCluster whose MongoDB holds the index.
+    pub cluster_ref: LocalRef,
+}
+
+/// One key of an index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexKey {
+    /// Field path, e.g. `participants.user_id`.
+    #[schemars(length(min = 1))]
+    pub field: String,
+    /// 1 (ascending) or -1 (descending).
+    #[schemars(extend("enum" = [1, -1]))]
+    pub order: i32,
+}
+
+/// Observed state of a MongoIndex.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoIndexStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+pub(crate) fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

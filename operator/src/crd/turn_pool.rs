@@ -1,0 +1,196 @@
+//! TurnPool: a set of TURN servers, external or a managed coturn Deployment.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// TURN servers handed to clients for WebRTC calls: external servers, or a coturn
+/// Deployment the operator runs. The operator keeps the shared secret (current and
+/// previous) in a Secret it owns, rotates it, and health-checks every server.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "realtime.dev",
+    version = "v1alpha1",
+    kind = "TurnPool",
+    namespaced,
+    shortname = "turn",
+    status = "TurnPoolStatus",
+    validation = Rule::new("has(self.spec.servers) || has(self.spec.managed)").message("set spec.servers (external TURN servers) or spec.managed (a coturn Deployment)"),
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthyServers"}"#,
+    printcolumn = r#"{"name":"Servers","type":"integer","jsonPath":".status.totalServers"}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnPoolSpec {
+    /// External TURN servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<TurnServer>>,
+    /// A coturn Deployment run by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedTurn>,
+    /// Lifetime of the TURN REST credentials handed to clients, in seconds.
+    #[serde(default = "default_credential_ttl", rename = "credentialTTLSeconds")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub credential_ttl_seconds: i64,
+    /// Shared-secret rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+    /// Health checks of every server.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+fn default_credential_ttl() -> i64 {
+    86400
+}
+
+/// One TURN server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnServer {
+    /// Host name or IP address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port (3478 for udp/tcp, 5349 for tls by convention).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Transports the server offers.
+    #[schemars(length(min = 1))]
+    pub transports: Vec<Transport>,
+}
+
+/// A TURN transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// A coturn Deployment run by the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedTurn {
+    /// Number of coturn pods.
+    #[serde(default = "default_turn_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// coturn image.
+    #[serde(default = "default_turn_image")]
+    pub image: String,
+    /// TURN realm.
+    #[schemars(length(min = 1, max = 253))]
+    pub realm: String,
+}
+
+fn default_turn_replicas() -> i32 {
+    2
+}
+fn default_turn_image() -> String {
+    "coturn/coturn:4.6".into()
+}
+
+/// Shared-secret rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// Seconds between rotations; at least the credential TTL, so that the previous
+    /// secret covers every credential still valid.
+    #[schemars(range(min = 60))]
+    pub interval_seconds: i64,
+}
+
+/// Health checks of every server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Seconds between probes.
+    #[serde(default = "default_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: i32,
+    /// Seconds a probe may take.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+    /// Consecutive failures that mark a server unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// Consecutive successes that mark a server healthy again.
+    #[serde(default = "default_success_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: i32,
+}
+
+fn default_interval() -> i32 {
+    10
+}
+fn default_timeout() -> i32 {
+    2
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+fn default_success_threshold() -> i32 {
+    1
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval_seconds: default_interval(),
+            timeout_seconds: default_timeout(),
+            failure_threshold: default_failure_threshold(),
+            success_threshold: default_success_threshold(),
+        }
+    }
+}
+
+/// Observed state of a TurnPool. Never holds secret material.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnPoolStatus {
+    /// `Ready` and `Degraded`, in the Kubernetes shape.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Health of every server.
+    #[serde(default)]
+    pub servers: Vec<ServerStatus>,
+    /// Servers currently healthy.
+    #[serde(default)]
+    pub healthy_servers: i32,
+    /// Servers in the pool.
+    #[serde(default)]
+    pub total_servers: i32,
+    /// When the shared secret was last rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// When the next rotation is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+}
+
+/// Health of one server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    pub host: String,
+    pub port: i32,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_millis: Option<i64>,
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    /// What the last probe found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
