@@ -1,0 +1,202 @@
+//! The CRDs on a real kube-apiserver (`scripts/kube.sh`): they install, the API server
+//! refuses nonsense at apply time with messages naming the field, and the short names
+//! are served. Needs KUBECONFIG; without it the tests fail with instructions.
+// Test helpers may fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use realtime_operator::crd::{self, RealtimeCluster, TurnPool};
+use serde_json::json;
+
+async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: run `scripts/kube.sh up` and `eval \"$(scripts/kube.sh env)\"` (scripts/test.sh does both)"
+        );
+    }
+    Client::try_default()
+        .await
+        .expect("a kube client from KUBECONFIG")
+}
+
+/// Installs (or replaces) the CRDs with plain create/replace: on 1.20 a server-side apply
+/// of a CRD carrying `x-kubernetes-validations` (unknown there) is refused.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for c in crd::all() {
+        let name = c.name_any();
+        // Tests run concurrently: retry on a conflicting write by another test.
+        for attempt in 0.. {
+            let result = match api.get_opt(&name).await.unwrap() {
+                Some(existing) => {
+                    let mut c = c.clone();
+                    c.metadata.resource_version = existing.resource_version();
+                    api.replace(&name, &PostParams::default(), &c)
+                        .await
+                        .map(|_| ())
+                }
+                None => api.create(&PostParams::default(), &c).await.map(|_| ()),
+            };
+            match result {
+                Ok(()) => break,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("installing {name}: {e}"),
+            }
+        }
+    }
+    // Wait until every CRD is Established.
+    for c in crd::all() {
+        let name = c.name_any();
+        let mut established = false;
+        for _ in 0..100 {
+            let got = api.get(&name).await.unwrap();
+            established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(established, "{name} not established");
+    }
+}
+
+fn cluster(name: &str, spec: serde_json::Value) -> RealtimeCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1",
+        "kind": "RealtimeCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn valid_spec() -> serde_json::Value {
+    json!({
+        "image": "realtime:test",
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "mongodb": {"uriSecretRef": {"name": "mongo", "key": "uri"}},
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "auth": {"jwtSecretRef": {"name": "jwt", "key": "secret"}, "issuer": "iss", "audience": "aud"},
+    })
+}
+
+async fn create_raw(client: &Client, plural: &str, body: serde_json::Value) -> Result<(), String> {
+    let req = http::Request::post(format!(
+        "/apis/realtime.dev/v1alpha1/namespaces/default/{plural}"
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(&body).unwrap())
+    .unwrap();
+    client
+        .request_text(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn crds_install_and_refuse_nonsense_at_apply_time() {
+    let client = client().await;
+    install_crds(&client).await;
+    let api: Api<RealtimeCluster> = Api::namespaced(client.clone(), "default");
+    let name = format!("valid-{}", std::process::id());
+    let created = api
+        .create(&PostParams::default(), &cluster(&name, valid_spec()))
+        .await
+        .unwrap();
+    // Defaults from the schema are applied by the server.
+    assert_eq!(created.spec.gateway.replicas, 2);
+    assert_eq!(created.spec.persister.batch_size, 100);
+    assert_eq!(created.spec.kafka.topics.messages, "chat.messages");
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+
+    let mut negative = valid_spec();
+    negative["gateway"] = json!({"replicas": -1});
+    let err = create_raw(&client, "realtimeclusters", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "negative"}, "spec": negative})).await.unwrap_err();
+    assert!(err.contains("spec.gateway.replicas"), "{err}");
+
+    let mut too_big = valid_spec();
+    too_big["persister"] = json!({"batchSize": 1_000_000});
+    let err = create_raw(&client, "realtimeclusters", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "too-big"}, "spec": too_big})).await.unwrap_err();
+    assert!(err.contains("spec.persister.batchSize"), "{err}");
+
+    let mut missing = valid_spec();
+    missing.as_object_mut().unwrap().remove("image");
+    let err = create_raw(&client, "realtimeclusters", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "missing"}, "spec": missing})).await.unwrap_err();
+    assert!(err.contains("spec.image"), "{err}");
+
+    let err = create_raw(&client, "turnpools", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "TurnPool", "metadata": {"name": "sctp"},
+        "spec": {"servers": [{"host": "turn.example", "port": 3478, "transports": ["sctp"]}]}})).await.unwrap_err();
+    assert!(err.contains("transports") && err.contains("sctp"), "{err}");
+
+    let err = create_raw(&client, "turnpools", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "TurnPool", "metadata": {"name": "port"},
+        "spec": {"servers": [{"host": "turn.example", "port": 70000, "transports": ["udp"]}]}})).await.unwrap_err();
+    assert!(err.contains("port"), "{err}");
+
+    let err = create_raw(&client, "kafkatopics", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "KafkaTopic", "metadata": {"name": "policy"},
+        "spec": {"topicName": "t", "partitions": 3, "replicationFactor": 1, "deletionPolicy": "Shred", "clusterRef": {"name": "c"}}})).await.unwrap_err();
+    assert!(err.contains("deletionPolicy"), "{err}");
+
+    let err = create_raw(&client, "mongoindexes", json!({"apiVersion": "realtime.dev/v1alpha1", "kind": "MongoIndex", "metadata": {"name": "order"},
+        "spec": {"collection": "messages", "keys": [{"field": "seq", "order": 2}], "clusterRef": {"name": "c"}}})).await.unwrap_err();
+    assert!(err.contains("order"), "{err}");
+
+    let turn: Api<TurnPool> = Api::namespaced(client.clone(), "default");
+    assert!(
+        turn.get_opt("sctp").await.unwrap().is_none(),
+        "nothing refused was stored"
+    );
+}
+
+#[tokio::test]
+async fn short_names_are_served() {
+    let client = client().await;
+    install_crds(&client).await;
+    let req = http::Request::get("/apis/realtime.dev/v1alpha1")
+        .body(Vec::new())
+        .unwrap();
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        let list: serde_json::Value = client.request(req.clone()).await.unwrap();
+        found = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r["kind"].as_str()?.to_owned(),
+                    r["shortNames"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect::<Vec<_>>(),
+                ))
+            })
+            .collect();
+        if found.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("KafkaTopic".into(), vec!["kt".into()]),
+            ("MongoIndex".into(), vec!["mi".into()]),
+            ("RealtimeCluster".into(), vec!["rtc".into()]),
+            ("TurnPool".into(), vec!["turn".into()]),
+        ]
+    );
+}

