@@ -1,5 +1,13 @@
 //! Realtime Operator control plane.
 //!
-//! - [`crd`]: the custom resource types of `realtime.dev/v1alpha1` and their CRDs.
+//! - [`crd`]: the custom resource types of `realtime.dev/v1alpha1` and their CRDs;
+//! - [`render`]: pure rendering of a RealtimeCluster's children;
+//! - [`controller`]: reconcilers, their context, errors and back-off;
+//! - [`run`]: wiring of the controllers to the API server;
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod controller;
 pub mod crd;
+pub mod metrics;
+pub mod render;
+pub mod run;

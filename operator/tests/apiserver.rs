@@ -6,70 +6,13 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+mod common;
+
+use common::{client, install_crds};
+use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, ResourceExt};
-use realtime_operator::crd::{self, RealtimeCluster, TurnPool};
+use realtime_operator::crd::{RealtimeCluster, TurnPool};
 use serde_json::json;
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        panic!(
-            "KUBECONFIG is not set: run `scripts/kube.sh up` and `eval \"$(scripts/kube.sh env)\"` (scripts/test.sh does both)"
-        );
-    }
-    Client::try_default()
-        .await
-        .expect("a kube client from KUBECONFIG")
-}
-
-/// Installs (or replaces) the CRDs with plain create/replace: on 1.20 a server-side apply
-/// of a CRD carrying `x-kubernetes-validations` (unknown there) is refused.
-pub async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for c in crd::all() {
-        let name = c.name_any();
-        // Tests run concurrently: retry on a conflicting write by another test.
-        for attempt in 0.. {
-            let result = match api.get_opt(&name).await.unwrap() {
-                Some(existing) => {
-                    let mut c = c.clone();
-                    c.metadata.resource_version = existing.resource_version();
-                    api.replace(&name, &PostParams::default(), &c)
-                        .await
-                        .map(|_| ())
-                }
-                None => api.create(&PostParams::default(), &c).await.map(|_| ()),
-            };
-            match result {
-                Ok(()) => break,
-                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("installing {name}: {e}"),
-            }
-        }
-    }
-    // Wait until every CRD is Established.
-    for c in crd::all() {
-        let name = c.name_any();
-        let mut established = false;
-        for _ in 0..100 {
-            let got = api.get(&name).await.unwrap();
-            established = got
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(established, "{name} not established");
-    }
-}
 
 fn cluster(name: &str, spec: serde_json::Value) -> RealtimeCluster {
     serde_json::from_value(json!({

@@ -1,0 +1,115 @@
+//! Reconcilers and what they share: the context, errors and per-object back-off.
+
+pub mod realtime_cluster;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+
+use crate::metrics::Metrics;
+
+/// The single field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "realtime-operator";
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// `policy/v1` or, on servers before 1.21, `policy/v1beta1`.
+    pub pdb_api_version: String,
+    backoff: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Metrics,
+        pdb_api_version: String,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            pdb_api_version,
+            backoff: Mutex::default(),
+        }
+    }
+
+    /// Next retry delay of an object after a failure: 1 s doubling to 5 min, with jitter.
+    pub fn failed(&self, key: &str) -> Duration {
+        let attempt = {
+            let mut map = self
+                .backoff
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = map.entry(key.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        backoff_delay(attempt, jitter_fraction(key, attempt))
+    }
+
+    /// Forgets an object's failures after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// Delay for the `attempt`-th consecutive failure: base 1 s × 2^(attempt-1), capped at
+/// 300 s, then scaled into [50 %, 100 %] by `jitter` ∈ [0, 1).
+pub fn backoff_delay(attempt: u32, jitter: f64) -> Duration {
+    let base = 2f64
+        .powi(i32::try_from(attempt.saturating_sub(1).min(16)).unwrap_or(16))
+        .min(300.0);
+    Duration::from_secs_f64(base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+}
+
+fn jitter_fraction(key: &str, attempt: u32) -> f64 {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new().hash_one((key, attempt));
+    (h % 1000) as f64 / 1000.0
+}
+
+/// Reconcile failures, with a category for metrics and Event reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_api",
+            Error::Serialization(_) => "serialization",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        assert_eq!(backoff_delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff_delay(4, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff_delay(30, 1.0), Duration::from_secs(300));
+        assert_eq!(backoff_delay(30, 0.0), Duration::from_secs(150));
+        assert_eq!(backoff_delay(3, 0.5), Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,309 @@
+//! Rendering of a RealtimeCluster's children. Pure: a cluster (and the checksum of its
+//! configuration and Secrets) goes in, Kubernetes objects come out. The environment
+//! variable names are the data plane's configuration contract (SPEC.md §3).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec as K8sServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{RealtimeCluster, SecretKeyRef, ServiceType, labels};
+
+/// Port the data plane listens on inside the pod.
+pub const CONTAINER_PORT: i32 = 3000;
+/// Pod-template annotation that changes when the configuration or a Secret changes.
+pub const CHECKSUM_ANNOTATION: &str = "realtime.dev/config-checksum";
+
+pub fn gateway_name(cluster: &str) -> String {
+    format!("{cluster}-gateway")
+}
+pub fn persister_name(cluster: &str) -> String {
+    format!("{cluster}-persister")
+}
+pub fn config_name(cluster: &str) -> String {
+    format!("{cluster}-config")
+}
+
+fn meta(rc: &RealtimeCluster, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: rc.namespace(),
+        labels: Some(labels(&rc.name_any(), component)),
+        owner_references: owner(rc).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner(rc: &RealtimeCluster) -> Option<OwnerReference> {
+    rc.controller_owner_ref(&())
+}
+
+/// The non-secret configuration, as the data plane's environment variables.
+pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
+    let s = &rc.spec;
+    let mut env = BTreeMap::from([
+        ("LISTEN_ADDR", format!("0.0.0.0:{CONTAINER_PORT}")),
+        ("KAFKA_BROKERS", s.kafka.bootstrap_servers.clone()),
+        ("KAFKA_MESSAGE_TOPIC", s.kafka.topics.messages.clone()),
+        (
+            "KAFKA_PERSISTENCE_TOPIC",
+            s.kafka.topics.persistence_events.clone(),
+        ),
+        ("KAFKA_TOPIC_PARTITIONS", s.kafka.partitions.to_string()),
+        // One group prefix per installation, so installations can share a broker.
+        (
+            "KAFKA_GROUP_PREFIX",
+            format!(
+                "realtime-{}-{}",
+                rc.namespace().unwrap_or_default(),
+                rc.name_any()
+            ),
+        ),
+        // Until the KafkaTopic and MongoIndex reconcilers exist, the data plane creates
+        // its topics and indexes when they are missing.
+        ("KAFKA_CREATE_TOPICS", "true".to_owned()),
+        ("MONGODB_CREATE_INDEXES", "true".to_owned()),
+        ("MONGODB_DATABASE", s.mongodb.database.clone()),
+        (
+            "MESSAGE_PERSISTENCE_BATCH_SIZE",
+            s.persister.batch_size.to_string(),
+        ),
+        ("MAX_MESSAGE_BYTES", s.limits.max_message_bytes.to_string()),
+        ("RATE_LIMIT_PER_SECOND", s.limits.rate_per_user.to_string()),
+        ("RATE_LIMIT_BURST", s.limits.burst.to_string()),
+        ("ROOM_STATE_TTL_HOURS", s.room_state_ttl_hours.to_string()),
+        (
+            "ROOM_AUTHZ_CACHE_TTL",
+            s.authz_cache_ttl_seconds.to_string(),
+        ),
+        (
+            "PERSISTENCE_CONFIRMATION_TIMEOUT_MS",
+            s.delivery.confirmation_timeout_ms.to_string(),
+        ),
+        (
+            "PERSISTENCE_CONFIRMATION_RETRIES",
+            s.delivery.retries.to_string(),
+        ),
+    ]);
+    if let Some(iss) = &s.auth.issuer {
+        env.insert("JWT_ISSUER", iss.clone());
+    }
+    if let Some(aud) = &s.auth.audience {
+        env.insert("JWT_AUDIENCE", aud.clone());
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Secret-backed environment variables: (variable, secret reference).
+pub fn secret_env(rc: &RealtimeCluster) -> Vec<(&'static str, SecretKeyRef)> {
+    let s = &rc.spec;
+    let mut refs = vec![
+        ("MONGODB_URI", s.mongodb.uri_secret_ref.clone()),
+        ("REDIS_URL", s.redis.url_secret_ref.clone()),
+    ];
+    if let Some(jwt) = &s.auth.jwt_secret_ref {
+        refs.push(("JWT_SECRET", jwt.clone()));
+    }
+    refs
+}
+
+pub fn service_account(rc: &RealtimeCluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(rc, rc.name_any(), "data-plane"),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+pub fn config_map(rc: &RealtimeCluster) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(rc, config_name(&rc.name_any()), "config"),
+        data: Some(config_data(rc)),
+        ..ConfigMap::default()
+    }
+}
+
+fn http_probe(path: &str, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(CONTAINER_PORT),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        ..Probe::default()
+    }
+}
+
+/// Deployment of one role (`gateway` or `persister`).
+pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deployment {
+    let name = rc.name_any();
+    let (dep_name, replicas, resources) = match role {
+        "gateway" => (
+            gateway_name(&name),
+            rc.spec.gateway.replicas,
+            rc.spec.gateway.resources.clone(),
+        ),
+        _ => (
+            persister_name(&name),
+            rc.spec.persister.replicas,
+            rc.spec.persister.resources.clone(),
+        ),
+    };
+    let selector = labels(&name, role);
+    let mut env = vec![EnvVar {
+        name: "ROLE".into(),
+        value: Some(role.to_owned()),
+        ..EnvVar::default()
+    }];
+    env.extend(secret_env(rc).into_iter().map(|(var, r)| EnvVar {
+        name: var.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name,
+                key: r.key,
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }));
+    let container = Container {
+        name: "realtime".into(),
+        image: Some(rc.spec.image.clone()),
+        env: Some(env),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: config_name(&name),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        // `protocol` is a list-map key: older servers refuse an apply that omits it.
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: CONTAINER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 2)),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(rc, dep_name, role),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    annotations: Some(BTreeMap::from([(
+                        CHECKSUM_ANNOTATION.to_owned(),
+                        checksum.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    automount_service_account_token: Some(false),
+                    // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
+                    termination_grace_period_seconds: Some(30),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+pub fn gateway_service(rc: &RealtimeCluster) -> Service {
+    let name = rc.name_any();
+    let svc = &rc.spec.gateway.service;
+    Service {
+        metadata: meta(rc, gateway_name(&name), "gateway"),
+        spec: Some(K8sServiceSpec {
+            type_: Some(
+                match svc.type_ {
+                    ServiceType::ClusterIP => "ClusterIP",
+                    ServiceType::NodePort => "NodePort",
+                    ServiceType::LoadBalancer => "LoadBalancer",
+                }
+                .to_owned(),
+            ),
+            selector: Some(labels(&name, "gateway")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: svc.port,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..K8sServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The gateway's PodDisruptionBudget as JSON, for `policy/v1` or, on servers older than
+/// 1.21 that lack it, `policy/v1beta1` (the fields used here are the same in both).
+pub fn gateway_pdb(rc: &RealtimeCluster, api_version: &str) -> serde_json::Value {
+    let name = rc.name_any();
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(rc, gateway_name(&name), "gateway"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": labels(&name, "gateway")},
+        },
+    })
+}
+
+/// In-cluster URLs of the gateway Service.
+pub fn endpoints(rc: &RealtimeCluster) -> (String, String) {
+    let host = format!(
+        "{}.{}.svc",
+        gateway_name(&rc.name_any()),
+        rc.namespace().unwrap_or_else(|| "default".into())
+    );
+    let port = rc.spec.gateway.service.port;
+    (
+        format!("http://{host}:{port}/chat"),
+        format!("http://{host}:{port}/v1/admin"),
+    )
+}

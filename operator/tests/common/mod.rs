@@ -1,0 +1,86 @@
+//! Helpers shared by the tests that need the local kube-apiserver.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use realtime_operator::crd;
+
+pub async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: run `scripts/kube.sh up` and `eval \"$(scripts/kube.sh env)\"` (scripts/test.sh does both)"
+        );
+    }
+    Client::try_default()
+        .await
+        .expect("a kube client from KUBECONFIG")
+}
+
+/// Installs (or replaces) the CRDs with plain create/replace: on 1.20 a server-side apply
+/// of a CRD carrying `x-kubernetes-validations` (unknown there) is refused.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for c in crd::all() {
+        let name = c.name_any();
+        // Tests run concurrently: retry on a conflicting write by another test.
+        for attempt in 0.. {
+            let result = match api.get_opt(&name).await.unwrap() {
+                Some(existing) => {
+                    let mut c = c.clone();
+                    c.metadata.resource_version = existing.resource_version();
+                    api.replace(&name, &PostParams::default(), &c)
+                        .await
+                        .map(|_| ())
+                }
+                None => api.create(&PostParams::default(), &c).await.map(|_| ()),
+            };
+            match result {
+                Ok(()) => break,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 20 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("installing {name}: {e}"),
+            }
+        }
+    }
+    // Wait until every CRD is Established.
+    for c in crd::all() {
+        let name = c.name_any();
+        let mut established = false;
+        for _ in 0..100 {
+            let got = api.get(&name).await.unwrap();
+            established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(established, "{name} not established");
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `secs` seconds.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
