@@ -26,6 +26,8 @@ eval "$(scripts/kube.sh env)"
 
 echo "== cargo build"
 cargo build --workspace --bins
+echo "== helm chart"
+scripts/helm-check.sh
 echo "== cargo test"
 cargo test --workspace
 echo "== e2e (node $(node --version), socket.io-client)"

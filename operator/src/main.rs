@@ -5,6 +5,7 @@ use axum::routing::get;
 use clap::Parser;
 use kube::runtime::events::Reporter;
 use realtime_operator::metrics::Metrics;
+use realtime_operator::run::{LeaderExit, LeaseConfig, run_controllers, run_leader};
 use tracing_subscriber::EnvFilter;
 
 /// Realtime Operator: reconciles RealtimeCluster resources.
@@ -17,9 +18,21 @@ struct Args {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
-    /// Name reported in Events (usually the pod name).
+    /// This replica's name: reported in Events and used as the lease holder identity.
     #[arg(long, env = "POD_NAME", default_value = "realtime-operator")]
     instance: String,
+    /// Hold a Lease before reconciling, so that two replicas never both write.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (usually the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "realtime-operator")]
+    lease_name: String,
+    /// Seconds the Lease is valid without renewal (failover time).
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 #[tokio::main]
@@ -46,12 +59,27 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let reporter = Reporter {
         controller: "realtime-operator".into(),
-        instance: Some(args.instance),
+        instance: Some(args.instance.clone()),
     };
-    realtime_operator::run::run_controllers(client, args.namespace, metrics, reporter, shutdown())
-        .await;
+    let outcome = if args.leader_election {
+        let lease = LeaseConfig {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity: args.instance,
+            duration_seconds: args.lease_duration_seconds,
+        };
+        run_leader(client, args.namespace, metrics, reporter, lease, shutdown()).await?
+    } else {
+        run_controllers(client, args.namespace, metrics, reporter, shutdown()).await;
+        LeaderExit::Shutdown
+    };
     server.abort();
-    Ok(())
+    match outcome {
+        LeaderExit::Shutdown => Ok(()),
+        LeaderExit::LostLease => {
+            anyhow::bail!("lost the lease; exiting so that a restart campaigns again")
+        }
+    }
 }
 
 async fn shutdown() {

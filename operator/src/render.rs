@@ -307,3 +307,100 @@ pub fn endpoints(rc: &RealtimeCluster) -> (String, String) {
         format!("http://{host}:{port}/v1/admin"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> RealtimeCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster",
+            "metadata": {"name": "chat", "namespace": "ns", "uid": "u-1"},
+            "spec": {
+                "image": "realtime:1",
+                "gateway": {"replicas": 3, "service": {"type": "LoadBalancer", "port": 443}},
+                "kafka": {"bootstrapServers": "k:9092"},
+                "mongodb": {"uriSecretRef": {"name": "m", "key": "uri"}},
+                "redis": {"urlSecretRef": {"name": "r", "key": "url"}},
+                "auth": {"jwtSecretRef": {"name": "j", "key": "s"}, "issuer": "iss"},
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn config_uses_the_data_plane_contract_and_spec_defaults() {
+        let data = config_data(&cluster());
+        assert_eq!(data["KAFKA_BROKERS"], "k:9092");
+        assert_eq!(data["KAFKA_MESSAGE_TOPIC"], "chat.messages");
+        assert_eq!(data["MESSAGE_PERSISTENCE_BATCH_SIZE"], "100");
+        assert_eq!(data["PERSISTENCE_CONFIRMATION_TIMEOUT_MS"], "5000");
+        assert_eq!(data["ROOM_STATE_TTL_HOURS"], "24");
+        assert_eq!(data["ROOM_AUTHZ_CACHE_TTL"], "300");
+        assert_eq!(data["JWT_ISSUER"], "iss");
+        assert!(
+            !data.contains_key("JWT_AUDIENCE"),
+            "unset audience is not rendered"
+        );
+        assert_eq!(data["KAFKA_GROUP_PREFIX"], "realtime-ns-chat");
+        let secrets: Vec<&str> = secret_env(&cluster()).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(secrets, ["MONGODB_URI", "REDIS_URL", "JWT_SECRET"]);
+    }
+
+    #[test]
+    fn deployments_are_owned_checksummed_and_locked_down() {
+        let d = deployment(&cluster(), "gateway", "abc");
+        assert_eq!(d.metadata.name.as_deref(), Some("chat-gateway"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let template = spec.template;
+        assert_eq!(
+            template.metadata.unwrap().annotations.unwrap()[CHECKSUM_ANNOTATION],
+            "abc"
+        );
+        let pod = template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                sc.read_only_root_filesystem,
+                sc.run_as_non_root,
+                sc.allow_privilege_escalation
+            ),
+            (Some(true), Some(true), Some(false))
+        );
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "ROLE" && e.value.as_deref() == Some("gateway"))
+        );
+        let jwt = env.iter().find(|e| e.name == "JWT_SECRET").unwrap();
+        assert!(
+            jwt.value.is_none(),
+            "secrets come from secretKeyRef, never inline"
+        );
+        assert_eq!(
+            deployment(&cluster(), "persister", "abc")
+                .spec
+                .unwrap()
+                .replicas,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn service_pdb_and_endpoints() {
+        let svc = gateway_service(&cluster()).spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(svc.ports.unwrap()[0].port, 443);
+        let pdb = gateway_pdb(&cluster(), "policy/v1beta1");
+        assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(
+            endpoints(&cluster()).0,
+            "http://chat-gateway.ns.svc:443/chat"
+        );
+    }
+}

@@ -118,3 +118,88 @@ pub async fn run_controllers(
         })
         .await;
 }
+
+/// Leader election on a `coordination.k8s.io/v1` Lease.
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// Unique per replica (the pod name).
+    pub identity: String,
+    /// Seconds a lease stays valid without renewal; a follower takes over after it.
+    pub duration_seconds: u64,
+}
+
+/// Why [`run_leader`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaderExit {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The lease was lost: stop writing now, let the process restart and campaign again.
+    LostLease,
+}
+
+/// Waits for the Lease, runs the controllers while it is held, and stops them the moment
+/// it is lost, so two replicas never both reconcile.
+pub async fn run_leader(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Metrics,
+    reporter: Reporter,
+    lease: LeaseConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<LeaderExit, kube_lease_manager::LeaseManagerError> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_seconds)
+        .with_grace((lease.duration_seconds / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader, task) = manager.watch().await;
+    let mut shutdown = Box::pin(shutdown);
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                drop(leader);
+                let _ = task.await;
+                return Ok(LeaderExit::Shutdown);
+            }
+            changed = leader.changed() => if changed.is_err() {
+                return Ok(LeaderExit::LostLease);
+            },
+        }
+    }
+    tracing::info!(identity = %lease.identity, lease = %lease.name, "acquired the lease; reconciling");
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<LeaderExit>();
+    let mut watch = leader.clone();
+    let stop = async move {
+        let why = tokio::select! {
+            () = &mut shutdown => LeaderExit::Shutdown,
+            () = async {
+                while watch.changed().await.is_ok() {
+                    if !*watch.borrow_and_update() {
+                        return;
+                    }
+                }
+            } => LeaderExit::LostLease,
+        };
+        let _ = lost_tx.send(why);
+    };
+    run_controllers(client, namespace, metrics, reporter, stop).await;
+    let why = lost_rx.await.unwrap_or(LeaderExit::Shutdown);
+    // Closing the channel makes the manager release the lease for a fast hand-over.
+    drop(leader);
+    match task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                tracing::warn!(error = %e, "releasing the lease failed; it expires by itself");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "lease manager ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "lease manager task failed"),
+    }
+    Ok(why)
+}

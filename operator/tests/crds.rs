@@ -12,18 +12,21 @@ fn repo_root() -> std::path::PathBuf {
 
 #[test]
 fn committed_crds_match_the_types() {
-    for c in crd::all() {
-        let path = repo_root().join("crds").join(crd::file_name(&c));
+    for (dir, c) in ["crds", "helm/realtime-operator/crds"]
+        .into_iter()
+        .flat_map(|d| crd::all().into_iter().map(move |c| (d, c)))
+    {
+        let path = repo_root().join(dir).join(crd::file_name(&c));
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e}; run `cargo run -p realtime-operator --bin crdgen crds`",
+                "{}: {e}; run `cargo run -p realtime-operator --bin crdgen -- crds helm/realtime-operator/crds`",
                 path.display()
             )
         });
         assert_eq!(
             committed,
             crd::to_yaml(&c).unwrap(),
-            "{} drifted from the Rust types; run `cargo run -p realtime-operator --bin crdgen crds`",
+            "{} drifted from the Rust types; run `cargo run -p realtime-operator --bin crdgen -- crds helm/realtime-operator/crds`",
             path.display()
         );
     }
