@@ -6,7 +6,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
@@ -41,6 +41,21 @@ where
     }
 }
 
+/// The clusters in `object`'s namespace for which `refers(cluster, object name)` holds.
+fn referencing<K: kube::Resource>(
+    store: &Store<RealtimeCluster>,
+    object: &K,
+    refers: impl Fn(&RealtimeCluster, &str) -> bool,
+) -> Vec<ObjectRef<RealtimeCluster>> {
+    let (name, ns) = (object.name_any(), object.namespace());
+    store
+        .state()
+        .into_iter()
+        .filter(|rc| rc.namespace() == ns && refers(rc, &name))
+        .map(|rc| ObjectRef::from_obj(&*rc))
+        .collect()
+}
+
 /// Runs the RealtimeCluster controller until `shutdown` resolves.
 pub async fn run_controllers(
     client: Client,
@@ -71,38 +86,23 @@ pub async fn run_controllers(
             api::<Secret>(&client, ns),
             watcher::Config::default(),
             move |secret| {
-                let (name, ns) = (secret.name_any(), secret.namespace());
-                by_secret
-                    .state()
-                    .into_iter()
-                    .filter(|rc| {
-                        rc.namespace() == ns
-                            && crate::render::secret_env(rc)
-                                .iter()
-                                .any(|(_, r)| r.name == name)
-                    })
-                    .map(|rc| ObjectRef::from_obj(&*rc))
-                    .collect::<Vec<_>>()
+                referencing(&by_secret, &secret, |rc, name| {
+                    crate::render::secret_env(rc)
+                        .iter()
+                        .any(|(_, r)| r.name == name)
+                })
             },
         )
         .watches(
             api::<TurnPool>(&client, ns),
             watcher::Config::default(),
             move |pool| {
-                let (name, ns) = (pool.name_any(), pool.namespace());
-                by_pool
-                    .state()
-                    .into_iter()
-                    .filter(|rc| {
-                        rc.namespace() == ns
-                            && rc
-                                .spec
-                                .turn_pool_ref
-                                .as_ref()
-                                .is_some_and(|r| r.name == name)
-                    })
-                    .map(|rc| ObjectRef::from_obj(&*rc))
-                    .collect::<Vec<_>>()
+                referencing(&by_pool, &pool, |rc, name| {
+                    rc.spec
+                        .turn_pool_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+                })
             },
         )
         .graceful_shutdown_on(shutdown)

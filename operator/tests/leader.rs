@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, install_crds};
+use common::{client, eventually, test_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -42,16 +42,8 @@ fn cluster(name: &str) -> RealtimeCluster {
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     let client = client().await;
-    install_crds(&client).await;
-    let ns = format!("leader-{}", std::process::id());
+    let ns = test_namespace(&client, "leader").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let secret: Secret = serde_json::from_value(
         json!({"metadata": {"name": "s"}, "stringData": {"mongo": "m", "redis": "r", "jwt": "j"}}),
     )

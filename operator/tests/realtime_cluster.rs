@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{client, eventually, install_crds};
+use common::{client, eventually, test_namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
@@ -34,16 +34,7 @@ struct Env {
 impl Env {
     async fn start(prefix: &str) -> Env {
         let client = client().await;
-        install_crds(&client).await;
-        let ns = format!("{prefix}-{}", std::process::id());
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        let ns = test_namespace(&client, prefix).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let reporter = Reporter {
             controller: "realtime-operator-test".into(),

@@ -351,13 +351,7 @@ async fn apply_children(
     ));
     let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let pdb: DynamicObject = serde_json::from_value(render::gateway_pdb(rc, &ctx.pdb_api_version))?;
-    pdbs.patch(
-        &render::gateway_name(&name),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&pdb),
-    )
-    .await?;
-    Ok(())
+    apply(&pdbs, &render::gateway_name(&name), &pdb).await
 }
 
 async fn component_status(

@@ -84,3 +84,16 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Installs the CRDs and creates a namespace of its own for one test.
+pub async fn test_namespace(client: &Client, prefix: &str) -> String {
+    install_crds(client).await;
+    let ns = format!("{prefix}-{}", std::process::id());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let body = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &body)
+        .await
+        .unwrap();
+    ns
+}
