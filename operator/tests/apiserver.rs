@@ -143,3 +143,58 @@ async fn short_names_are_served() {
         ]
     );
 }
+
+fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl not runnable ({e}): eval \"$(scripts/kube.sh env)\" puts it on PATH")
+        });
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn kubectl_explain_and_get_are_useful() {
+    let client = client().await;
+    install_crds(&client).await;
+    // Discovery of new CRDs can lag a moment behind their Established condition.
+    let mut explained = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("kubectl")
+            .args(["explain", "rtc.spec.gateway.replicas"])
+            .output()
+            .unwrap();
+        explained = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(explained.contains("Number of gateway pods"), "{explained}");
+    assert!(
+        kubectl(&["explain", "turn.spec.healthCheck"]).contains("Health checks of every server")
+    );
+    assert!(kubectl(&["explain", "kt.spec.partitions"]).contains("can grow, never shrink"));
+    assert!(kubectl(&["explain", "mi.spec.keys"]).contains("Index keys"));
+
+    let api: Api<RealtimeCluster> = Api::namespaced(client.clone(), "default");
+    let name = format!("columns-{}", std::process::id());
+    api.create(&PostParams::default(), &cluster(&name, valid_spec()))
+        .await
+        .unwrap();
+    let table = kubectl(&["get", "rtc", &name, "-n", "default"]);
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "READY", "GATEWAYS", "PERSISTERS", "ENDPOINT", "AGE"] {
+        assert!(header.contains(column), "{header}");
+    }
+    for kind in ["turn", "kt", "mi"] {
+        kubectl(&["get", kind, "-n", "default"]);
+    }
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+}
