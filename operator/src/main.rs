@@ -47,7 +47,22 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        // Ready while the API server answers; a standby replica is ready too.
+        .route(
+            "/readyz",
+            get({
+                let client = client.clone();
+                move || async move {
+                    match client.apiserver_version().await {
+                        Ok(_) => (axum::http::StatusCode::OK, "ok"),
+                        Err(_) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "API server unreachable",
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get({
