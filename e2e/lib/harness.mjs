@@ -82,6 +82,7 @@ export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefi
   const child = spawn(realtimeBin(), [], {
     env: {
       PATH: process.env.PATH,
+      ...(process.env.TOKIO_WORKER_THREADS ? { TOKIO_WORKER_THREADS: process.env.TOKIO_WORKER_THREADS } : {}),
       RUST_LOG: process.env.RUST_LOG ?? "info,rdkafka=warn",
       ROLE: role,
       LISTEN_ADDR: `127.0.0.1:${port}`,
@@ -142,6 +143,9 @@ export async function stop(proc, signal = "SIGTERM") {
 }
 
 export async function stopAll() {
+  if (process.env.E2E_DUMP_LOGS) {
+    for (const p of running) console.error(`--- ${p.role} :${p.port}\n${p.log.join("")}`);
+  }
   await Promise.all([...running].map((p) => stop(p, "SIGKILL")));
 }
 

@@ -65,7 +65,12 @@ pub async fn authenticate<A: Adapter>(
     };
     match result {
         Ok(identity) => {
+            // Everything a client may rely on right after `connect` is set up here, not in
+            // the connect handler: socketioxide sends CONNECT before it spawns that handler,
+            // so an event sent at once could otherwise find no handler and be lost.
+            s.join(keys::user_room(&identity.tenant_id, &identity.user_id));
             s.extensions.insert(identity);
+            register_events(&s);
             Ok(())
         }
         Err(e) => {
@@ -78,21 +83,18 @@ pub async fn authenticate<A: Adapter>(
 
 /// Connect handler of `/chat`; use with [`authenticate`] as middleware.
 pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(gw): State<Shared>) {
-    let Some(id) = s.extensions.get::<Identity>() else {
-        // Unreachable: the middleware inserts the identity before the handler runs.
-        s.disconnect().ok();
-        return;
-    };
-    s.join(keys::user_room(&id.tenant_id, &id.user_id));
     gw.metrics.connected_sockets.inc();
+    s.on_disconnect(async |State(gw): State<Shared>| {
+        gw.metrics.connected_sockets.dec();
+    });
+}
+
+fn register_events<A: Adapter>(s: &SocketRef<A>) {
     s.on("room:join", on_join::<A>);
     s.on("room:leave", on_leave::<A>);
     s.on("message:send", on_send::<A>);
     s.on("messages:history", on_history::<A>);
     s.on_fallback(on_unknown::<A>);
-    s.on_disconnect(async |State(gw): State<Shared>| {
-        gw.metrics.connected_sockets.dec();
-    });
 }
 
 fn identity<A: Adapter>(s: &SocketRef<A>) -> Result<Identity, ClientError> {
