@@ -177,16 +177,30 @@ async fn set_ready(env: &Env, component: &str, expected: usize) {
 #[tokio::test]
 async fn cluster_children_status_rollout_and_garbage_collection() {
     let env = Env::start("rtc-lifecycle").await;
-    for (name, key, value) in [
-        ("realtime-mongodb", "uri", "mongodb://m:27017"),
-        ("realtime-redis", "url", "redis://r:6379"),
-        ("realtime-jwt", "secret", "s3cret"),
-    ] {
-        env.secret(name, key, value).await;
+    // examples/realtime-cluster.yaml exactly as a platform team would apply it.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/realtime-cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut rc = None;
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        match value["kind"].as_str() {
+            Some("Secret") => {
+                let secret: Secret = serde_json::from_value(value).unwrap();
+                env.api::<Secret>()
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .unwrap();
+            }
+            Some("RealtimeCluster") => {
+                rc = Some(serde_json::from_value::<RealtimeCluster>(value).unwrap())
+            }
+            other => panic!("unexpected kind {other:?} in {}", path.display()),
+        }
     }
     let clusters = env.api::<RealtimeCluster>();
     let rc = clusters
-        .create(&PostParams::default(), &example("chat"))
+        .create(&PostParams::default(), &rc.unwrap())
         .await
         .unwrap();
     let uid = rc.uid().unwrap();
