@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, test_namespace};
+use common::{client, eventually, minimal_cluster, test_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -23,20 +23,6 @@ fn reconciliations(m: &Metrics) -> u64 {
             kind: "RealtimeCluster",
         })
         .get()
-}
-
-fn cluster(name: &str) -> RealtimeCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": name},
-        "spec": {
-            "image": "realtime:test",
-            "kafka": {"bootstrapServers": "k:9092"},
-            "mongodb": {"uriSecretRef": {"name": "s", "key": "mongo"}},
-            "redis": {"urlSecretRef": {"name": "s", "key": "redis"}},
-            "auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}},
-        }
-    }))
-    .unwrap()
 }
 
 #[tokio::test]
@@ -84,7 +70,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
 
     let clusters: Api<RealtimeCluster> = Api::namespaced(client.clone(), &ns);
     clusters
-        .create(&PostParams::default(), &cluster("one"))
+        .create(&PostParams::default(), &minimal_cluster("one"))
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -114,7 +100,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     stop_a.send(()).unwrap();
     assert_eq!(task_a.await.unwrap().unwrap(), LeaderExit::Shutdown);
     clusters
-        .create(&PostParams::default(), &cluster("two"))
+        .create(&PostParams::default(), &minimal_cluster("two"))
         .await
         .unwrap();
     eventually("replica-b reconciles after the hand-over", 30, || async {

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{client, eventually, test_namespace};
+use common::{client, eventually, minimal_cluster, test_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -142,17 +142,7 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
     ));
 
     let clusters: Api<RealtimeCluster> = Api::namespaced(admin.clone(), &ns);
-    let rc: RealtimeCluster = serde_json::from_value(json!({
-        "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "chat"},
-        "spec": {
-            "image": "realtime:test",
-            "kafka": {"bootstrapServers": "k:9092"},
-            "mongodb": {"uriSecretRef": {"name": "s", "key": "mongo"}},
-            "redis": {"urlSecretRef": {"name": "s", "key": "redis"}},
-            "auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}},
-        }
-    }))
-    .unwrap();
+    let rc = minimal_cluster("chat");
     clusters.create(&PostParams::default(), &rc).await.unwrap();
     // Status written means every child was applied with the chart's permissions.
     eventually("status written by the operator's identity", 60, || async {

@@ -97,3 +97,18 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
         .unwrap();
     ns
 }
+
+/// The smallest valid RealtimeCluster, reading Secret `s` (keys mongo, redis, jwt).
+pub fn minimal_cluster(name: &str) -> realtime_operator::crd::RealtimeCluster {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": name},
+        "spec": {
+            "image": "realtime:test",
+            "kafka": {"bootstrapServers": "k:9092"},
+            "mongodb": {"uriSecretRef": {"name": "s", "key": "mongo"}},
+            "redis": {"urlSecretRef": {"name": "s", "key": "redis"}},
+            "auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}},
+        }
+    }))
+    .unwrap()
+}
