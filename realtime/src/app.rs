@@ -19,6 +19,9 @@ use crate::http::{self, Probes};
 use crate::metrics::Metrics;
 use crate::persister::Persister;
 use crate::rate_limit::RateLimiter;
+use crate::rooms::access::AccessCache;
+use crate::rooms::recent::RecentMessages;
+use crate::rooms::state::RoomState;
 use crate::sequence::Sequencer;
 use crate::store::Store;
 use crate::{kafka, shutdown};
@@ -82,7 +85,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.delivery.retries,
             ),
             metrics: metrics.clone(),
+            access: AccessCache::new(redis.clone(), store.clone(), cfg.room_authz_cache_ttl),
+            rooms: RoomState::new(
+                redis.clone(),
+                uuid::Uuid::now_v7().to_string(),
+                cfg.room_state_ttl(),
+                Duration::from_millis(cfg.rooms.presence_heartbeat_ms),
+            ),
+            recent: RecentMessages::new(
+                redis.clone(),
+                cfg.rooms.recovery_window,
+                cfg.room_state_ttl(),
+            ),
             cfg: cfg.clone(),
+        });
+        gw.rooms
+            .beat()
+            .await
+            .context("cannot write the gateway heartbeat to Redis")?;
+        tasks.spawn({
+            let (rooms, cancel) = (gw.rooms.clone(), cancel.clone());
+            async move {
+                rooms.run_heartbeat(cancel).await;
+                Ok(())
+            }
         });
         let adapter = RedisAdapterCtr::new_with_redis(&redis_client)
             .await

@@ -60,6 +60,9 @@ pub struct Config {
     #[command(flatten)]
     pub delivery: DeliveryConfig,
 
+    #[command(flatten)]
+    pub rooms: RoomsConfig,
+
     /// Hours a conversation's cached state lives in Redis without activity.
     #[arg(long, env = "ROOM_STATE_TTL_HOURS", default_value_t = 24)]
     pub room_state_ttl_hours: u64,
@@ -243,6 +246,35 @@ pub struct DeliveryConfig {
     pub retries: u32,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct RoomsConfig {
+    /// Messages per conversation kept in Redis for `messages:recover`; a client further
+    /// behind is told `too_far_behind` and pages history instead.
+    #[arg(long = "recovery-window", env = "RECOVERY_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub recovery_window: u32,
+
+    /// Shortest interval between two typing indicators of one user in one conversation.
+    #[arg(
+        long = "typing-throttle-ms",
+        env = "TYPING_THROTTLE_MS",
+        default_value_t = 1000
+    )]
+    pub typing_throttle_ms: u64,
+
+    /// How long clients should show a typing indicator (sent with each `typing` event).
+    #[arg(long = "typing-ttl-ms", env = "TYPING_TTL_MS", default_value_t = 3000)]
+    pub typing_ttl_ms: u64,
+
+    /// Gateway liveness heartbeat; sockets of a gateway silent for three heartbeats stop
+    /// counting as online.
+    #[arg(
+        long = "presence-heartbeat-ms",
+        env = "PRESENCE_HEARTBEAT_MS",
+        default_value_t = 5000
+    )]
+    pub presence_heartbeat_ms: u64,
+}
+
 impl KafkaConfig {
     pub fn group(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.group_prefix)
@@ -286,6 +318,15 @@ impl Config {
         if self.delivery.timeout_ms == 0 {
             return Err("PERSISTENCE_CONFIRMATION_TIMEOUT_MS must be at least 1".into());
         }
+        if self.rooms.typing_throttle_ms == 0 || self.rooms.presence_heartbeat_ms < 100 {
+            return Err(
+                "TYPING_THROTTLE_MS must be at least 1 and PRESENCE_HEARTBEAT_MS at least 100"
+                    .into(),
+            );
+        }
+        if self.room_state_ttl_hours == 0 {
+            return Err("ROOM_STATE_TTL_HOURS must be at least 1".into());
+        }
         if self.kafka.topic_partitions < 1 {
             return Err("KAFKA_TOPIC_PARTITIONS must be at least 1".into());
         }
@@ -315,6 +356,8 @@ mod tests {
         assert_eq!(c.room_state_ttl_hours, 24);
         assert_eq!(c.room_authz_cache_ttl, 300);
         assert_eq!(c.limits.max_message_bytes, 16384);
+        assert_eq!(c.rooms.recovery_window, 1000);
+        assert_eq!(c.rooms.typing_throttle_ms, 1000);
         assert!(c.validate().is_ok());
     }
 

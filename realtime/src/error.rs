@@ -25,6 +25,12 @@ pub enum ErrorCode {
     Unavailable,
     /// The event name is not part of the protocol.
     UnknownEvent,
+    /// The user is banned from the conversation (permanently or until the ban expires).
+    Banned,
+    /// The user is muted in the conversation and may not send until the mute ends.
+    Muted,
+    /// `messages:recover` past the recovery window: page `messages:history` instead.
+    TooFarBehind,
 }
 
 impl ErrorCode {
@@ -38,6 +44,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::Banned => "banned",
+            ErrorCode::Muted => "muted",
+            ErrorCode::TooFarBehind => "too_far_behind",
         }
     }
 }
@@ -124,6 +133,9 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::Unavailable,
             ErrorCode::UnknownEvent,
+            ErrorCode::Banned,
+            ErrorCode::Muted,
+            ErrorCode::TooFarBehind,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

@@ -26,6 +26,34 @@ pub fn pending(message_id: &str) -> String {
     format!("rt:pending:{message_id}")
 }
 
+/// Sockets in a conversation: field `<user>|<socket id>`, value the gateway id.
+pub fn room_sockets(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:room:{conversation}:sockets")
+}
+
+/// Members who joined a conversation, with their roles: field user, value role.
+pub fn room_members(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:room:{conversation}:members")
+}
+
+/// Last activity (ms since the epoch) in a conversation.
+pub fn room_activity(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:room:{conversation}:activity")
+}
+
+/// Throttle of a user's typing indicator in a conversation.
+pub fn typing(tenant: &str, conversation: &str, user: &str) -> String {
+    format!("rt:{tenant}:typing:{conversation}:{user}")
+}
+
+/// Recent messages of a conversation for recovery (sorted set scored by seq).
+pub fn recent(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:recent:{conversation}")
+}
+
+/// Prefix of gateway liveness keys (`rt:gw:<gateway id>`), refreshed by a heartbeat.
+pub const GATEWAY_ALIVE_PREFIX: &str = "rt:gw:";
+
 pub const PENDING_DEADLINES: &str = "rt:pending:deadlines";
 
 /// Room of a conversation's members.
@@ -50,6 +78,11 @@ mod tests {
             rate_limit("t", "u"),
             membership("t", "c", "u"),
             conversation_cache("t", "c"),
+            room_sockets("t", "c"),
+            room_members("t", "c"),
+            room_activity("t", "c"),
+            typing("t", "c", "u"),
+            recent("t", "c"),
         ] {
             assert!(name.starts_with("rt:t:"), "{name}");
         }

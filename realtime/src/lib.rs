@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod persister;
 pub mod protocol;
 pub mod rate_limit;
+pub mod rooms;
 pub mod sequence;
 pub mod shutdown;
 pub mod store;

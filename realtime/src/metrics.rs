@@ -19,6 +19,21 @@ pub struct CategoryLabel {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connected_sockets: Gauge,
@@ -35,6 +50,10 @@ pub struct Metrics {
     pub persist_batch_seconds: Histogram,
     pub persist_errors: Family<CategoryLabel, Counter>,
     pub poison_records: Counter,
+    pub authz_lookups: Family<SourceLabel, Counter>,
+    pub moderation_actions: Family<ActionLabel, Counter>,
+    pub presence_broadcasts: Counter,
+    pub recoveries: Family<OutcomeLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -61,6 +80,10 @@ impl Default for Metrics {
             persist_batch_seconds: latency_histogram(),
             persist_errors: Family::default(),
             poison_records: Counter::default(),
+            authz_lookups: Family::default(),
+            moderation_actions: Family::default(),
+            presence_broadcasts: Counter::default(),
+            recoveries: Family::default(),
         };
         registry.register(
             "connected_sockets",
@@ -132,6 +155,26 @@ impl Default for Metrics {
             "Undecodable records skipped by the persister",
             m.poison_records.clone(),
         );
+        registry.register(
+            "authz_lookups",
+            "Participant standing lookups, by source (cache or database)",
+            m.authz_lookups.clone(),
+        );
+        registry.register(
+            "moderation_actions",
+            "Moderation actions applied, by action",
+            m.moderation_actions.clone(),
+        );
+        registry.register(
+            "presence_broadcasts",
+            "presence events sent to rooms",
+            m.presence_broadcasts.clone(),
+        );
+        registry.register(
+            "recoveries",
+            "messages:recover answers, by outcome",
+            m.recoveries.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -142,6 +185,28 @@ impl Metrics {
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
             })
+            .inc();
+    }
+
+    pub fn authz_lookup(&self, source: crate::rooms::access::Source) {
+        let source = match source {
+            crate::rooms::access::Source::Cache => "cache",
+            crate::rooms::access::Source::Database => "database",
+        };
+        self.authz_lookups
+            .get_or_create(&SourceLabel { source })
+            .inc();
+    }
+
+    pub fn moderation(&self, action: &'static str) {
+        self.moderation_actions
+            .get_or_create(&ActionLabel { action })
+            .inc();
+    }
+
+    pub fn recovery(&self, outcome: &'static str) {
+        self.recoveries
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 

@@ -174,6 +174,100 @@ impl HistoryRequest {
     }
 }
 
+/// Longest moderation reason accepted, in bytes.
+pub const MAX_REASON_BYTES: usize = 500;
+/// Longest temporary ban or mute: one year.
+pub const MAX_RESTRICTION_SECONDS: u64 = 366 * 24 * 3600;
+
+/// `moderation:kick|ban|unban|mute|unmute` payload, validated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationRequest {
+    pub conversation_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub duration_seconds: Option<u64>,
+}
+
+impl ModerationRequest {
+    /// `timed` says whether the action may carry `durationSeconds` (ban, mute).
+    pub fn parse(event: &str, payload: Option<&Value>, timed: bool) -> Result<Self, ClientError> {
+        let req: Self = decode(event, payload)?;
+        validate_id("conversationId", &req.conversation_id)?;
+        validate_id("userId", &req.user_id)?;
+        if let Some(reason) = &req.reason
+            && reason.len() > MAX_REASON_BYTES
+        {
+            return Err(invalid(format!(
+                "reason is {} bytes; the limit is {MAX_REASON_BYTES}",
+                reason.len()
+            )));
+        }
+        match req.duration_seconds {
+            Some(_) if !timed => Err(invalid(format!(
+                "{event} takes no durationSeconds (only moderation:ban and moderation:mute do)"
+            ))),
+            Some(d) if d == 0 || d > MAX_RESTRICTION_SECONDS => Err(invalid(format!(
+                "durationSeconds must be between 1 and {MAX_RESTRICTION_SECONDS}, got {d}; omit it for a permanent {}",
+                event.trim_start_matches("moderation:")
+            ))),
+            _ => Ok(req),
+        }
+    }
+}
+
+/// `room:role` payload, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleRequest {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub role: crate::rooms::permissions::Role,
+}
+
+impl RoleRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ClientError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            conversation_id: String,
+            user_id: String,
+            role: String,
+        }
+        let raw: Raw = decode("room:role", payload)?;
+        validate_id("conversationId", &raw.conversation_id)?;
+        validate_id("userId", &raw.user_id)?;
+        let role = crate::rooms::permissions::Role::parse(&raw.role).ok_or_else(|| {
+            invalid(format!(
+                "role {:?} is not one of owner, admin, moderator, member",
+                raw.role
+            ))
+        })?;
+        Ok(Self {
+            conversation_id: raw.conversation_id,
+            user_id: raw.user_id,
+            role,
+        })
+    }
+}
+
+/// `messages:recover` payload, validated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverRequest {
+    pub conversation_id: String,
+    pub after_seq: u64,
+}
+
+impl RecoverRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ClientError> {
+        let req: Self = decode("messages:recover", payload)?;
+        validate_id("conversationId", &req.conversation_id)?;
+        Ok(req)
+    }
+}
+
 /// An accepted message as produced to `chat.messages` (snake_case, like the stored document).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRecord {
@@ -412,5 +506,64 @@ mod tests {
         let wire = serde_json::to_value(r.to_wire()).unwrap();
         assert_eq!(wire["messageId"], "m");
         assert_eq!(wire["content"], json!({"type": "text", "text": "hi"}));
+    }
+
+    #[test]
+    fn moderation_payloads() {
+        let ok =
+            json!({"conversationId": "c", "userId": "u", "reason": "spam", "durationSeconds": 60});
+        let req = ModerationRequest::parse("moderation:mute", Some(&ok), true).unwrap();
+        assert_eq!(req.duration_seconds, Some(60));
+        assert_eq!(req.reason.as_deref(), Some("spam"));
+
+        let err = ModerationRequest::parse("moderation:kick", Some(&ok), false).unwrap_err();
+        assert!(err.message.contains("takes no durationSeconds"), "{err}");
+        let zero = json!({"conversationId": "c", "userId": "u", "durationSeconds": 0});
+        let err = ModerationRequest::parse("moderation:ban", Some(&zero), true).unwrap_err();
+        assert!(err.message.contains("omit it for a permanent ban"), "{err}");
+        let long = json!({"conversationId": "c", "userId": "u", "reason": "x".repeat(501)});
+        assert_eq!(
+            ModerationRequest::parse("moderation:ban", Some(&long), true)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidPayload
+        );
+        let bad_user = json!({"conversationId": "c", "userId": "a:b"});
+        assert!(
+            ModerationRequest::parse("moderation:ban", Some(&bad_user), true)
+                .unwrap_err()
+                .message
+                .contains("userId")
+        );
+        assert!(ModerationRequest::parse("moderation:ban", None, true).is_err());
+    }
+
+    #[test]
+    fn role_and_recover_payloads() {
+        let r = RoleRequest::parse(Some(
+            &json!({"conversationId": "c", "userId": "u", "role": "moderator"}),
+        ))
+        .unwrap();
+        assert_eq!(r.role, crate::rooms::permissions::Role::Moderator);
+        let err = RoleRequest::parse(Some(
+            &json!({"conversationId": "c", "userId": "u", "role": "god"}),
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("\"god\" is not one of"), "{err}");
+
+        let r =
+            RecoverRequest::parse(Some(&json!({"conversationId": "c", "afterSeq": 5}))).unwrap();
+        assert_eq!(r.after_seq, 5);
+        for bad in [
+            json!({"conversationId": "c"}),
+            json!({"conversationId": "c", "afterSeq": -1}),
+            json!({"conversationId": "c", "afterSeq": "5"}),
+        ] {
+            assert_eq!(
+                RecoverRequest::parse(Some(&bad)).unwrap_err().code,
+                ErrorCode::InvalidPayload,
+                "{bad}"
+            );
+        }
     }
 }

@@ -88,6 +88,17 @@ impl Sequencer {
         )))
     }
 
+    /// The newest sequence number handed out in a conversation (0 when none), from the
+    /// counter or, when Redis lost it, from MongoDB.
+    pub async fn current(&self, tenant: &str, conversation: &str) -> Result<u64> {
+        let mut conn = self.redis.clone();
+        let counter: Option<u64> = conn.get(keys::sequence(tenant, conversation)).await?;
+        match counter {
+            Some(seq) => Ok(seq),
+            None => self.store.max_seq(tenant, conversation).await,
+        }
+    }
+
     /// Forgets an idempotency key whose message was not accepted, so the client can retry.
     pub async fn release(&self, tenant: &str, user: &str, client_message_id: &str) -> Result<()> {
         let mut conn = self.redis.clone();

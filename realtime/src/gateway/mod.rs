@@ -1,16 +1,18 @@
 //! The Socket.IO gateway: the `/chat` namespace, its handshake and its events.
 //!
-//! A handler here validates, authorizes and sequences; it never writes MongoDB (that is
-//! the persister's job) and never acks a message before the broker has acknowledged it.
+//! A handler here validates, authorizes and sequences; it never writes messages to MongoDB
+//! (that is the persister's job; moderation writes its own records) and never acks a
+//! message before the broker has acknowledged it.
 
 mod confirm;
+mod moderation;
 mod reply;
+mod rooms;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use socketioxide::adapter::Adapter;
@@ -26,8 +28,11 @@ use crate::error::{ClientError, Error, ErrorCode};
 use crate::kafka;
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRecord, HistoryRequest, RoomRequest, SendRequest, now_ms};
+use crate::protocol::{ChatRecord, HistoryRequest, SendRequest, now_ms};
 use crate::rate_limit::{Decision, RateLimiter};
+use crate::rooms::access::{Access, AccessCache};
+use crate::rooms::recent::RecentMessages;
+use crate::rooms::state::RoomState;
 use crate::sequence::Sequencer;
 use crate::store::Store;
 
@@ -44,6 +49,9 @@ pub struct Gateway {
     pub sequencer: Sequencer,
     pub pending: PendingStore,
     pub metrics: Arc<Metrics>,
+    pub access: AccessCache,
+    pub rooms: RoomState,
+    pub recent: RecentMessages,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -71,6 +79,8 @@ pub async fn authenticate<A: Adapter>(
             s.join(keys::user_room(&identity.tenant_id, &identity.user_id));
             s.extensions.insert(identity);
             register_events(&s);
+            gw.metrics.connected_sockets.inc();
+            s.on_disconnect(rooms::on_disconnect::<A>);
             Ok(())
         }
         Err(e) => {
@@ -81,17 +91,15 @@ pub async fn authenticate<A: Adapter>(
     }
 }
 
-/// Connect handler of `/chat`; use with [`authenticate`] as middleware.
-pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(gw): State<Shared>) {
-    gw.metrics.connected_sockets.inc();
-    s.on_disconnect(async |State(gw): State<Shared>| {
-        gw.metrics.connected_sockets.dec();
-    });
+/// Connect handler of `/chat`; use with [`authenticate`] as middleware, which does the
+/// work (see there).
+pub async fn on_connect<A: Adapter>(s: SocketRef<A>) {
+    tracing::trace!(socket = %s.id, "connected");
 }
 
 fn register_events<A: Adapter>(s: &SocketRef<A>) {
-    s.on("room:join", on_join::<A>);
-    s.on("room:leave", on_leave::<A>);
+    rooms::register(s);
+    moderation::register(s);
     s.on("message:send", on_send::<A>);
     s.on("messages:history", on_history::<A>);
     s.on_fallback(on_unknown::<A>);
@@ -103,34 +111,27 @@ fn identity<A: Adapter>(s: &SocketRef<A>) -> Result<Identity, ClientError> {
         .ok_or_else(|| ClientError::new(ErrorCode::Unauthorized, "socket is not authenticated"))
 }
 
+/// Refuses unless the socket has joined the conversation's room (it is removed from the
+/// room when kicked or banned, on whichever gateway holds it).
+fn require_joined<A: Adapter>(
+    s: &SocketRef<A>,
+    id: &Identity,
+    conversation: &str,
+    doing: &str,
+) -> Result<(), ClientError> {
+    let room = keys::conversation_room(&id.tenant_id, conversation);
+    if s.rooms().iter().any(|r| *r == room) {
+        Ok(())
+    } else {
+        Err(ClientError::new(
+            ErrorCode::Forbidden,
+            format!("join conversation {conversation} (room:join) before {doing}"),
+        ))
+    }
+}
+
 fn payload(data: Result<Value, impl std::fmt::Display>) -> Option<Value> {
     data.ok().filter(|v| !v.is_null())
-}
-
-async fn on_join<A: Adapter>(
-    s: SocketRef<A>,
-    TryData(data): TryData<Value>,
-    reply: Reply<A>,
-    State(gw): State<Shared>,
-) {
-    let result = async {
-        let id = identity(&s)?;
-        let req = RoomRequest::parse("room:join", payload(data).as_ref())?;
-        gw.authorize(&id, &req.conversation_id).await?;
-        s.join(keys::conversation_room(&id.tenant_id, &req.conversation_id));
-        Ok(json!({"conversationId": req.conversation_id}))
-    }
-    .await;
-    reply.send(result);
-}
-
-async fn on_leave<A: Adapter>(s: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>) {
-    let result = identity(&s).and_then(|id| {
-        let req = RoomRequest::parse("room:leave", payload(data).as_ref())?;
-        s.leave(keys::conversation_room(&id.tenant_id, &req.conversation_id));
-        Ok(json!({"conversationId": req.conversation_id}))
-    });
-    reply.send(result);
 }
 
 async fn on_send<A: Adapter>(
@@ -172,7 +173,7 @@ async fn on_history<A: Adapter>(
     let result = async {
         let id = identity(&s)?;
         let req = HistoryRequest::parse(payload(data).as_ref())?;
-        gw.authorize(&id, &req.conversation_id).await?;
+        gw.member(&id, &req.conversation_id).await?;
         let limit = req.limit();
         // One extra row tells whether an older page exists.
         let mut messages = gw
@@ -206,30 +207,33 @@ impl Gateway {
         e.to_client()
     }
 
-    /// Membership check, cached in Redis for `ROOM_AUTHZ_CACHE_TTL` seconds when positive.
-    async fn authorize(&self, id: &Identity, conversation: &str) -> Result<(), ClientError> {
-        let key = keys::membership(&id.tenant_id, conversation, &id.user_id);
-        let mut conn = self.redis.clone();
-        let cached: Option<String> = conn.get(&key).await.map_err(|e| self.internal(&e.into()))?;
-        if cached.is_some() {
-            return Ok(());
-        }
-        let member = self
-            .store
-            .is_participant(&id.tenant_id, conversation, &id.user_id)
+    /// The caller's standing in a conversation: a participant who is not banned.
+    async fn member(&self, id: &Identity, conversation: &str) -> Result<Access, ClientError> {
+        let (access, source) = self
+            .access
+            .get(&id.tenant_id, conversation, &id.user_id)
             .await
             .map_err(|e| self.internal(&e))?;
-        if !member {
-            return Err(ClientError::new(
+        self.metrics.authz_lookup(source);
+        let access = access.ok_or_else(|| {
+            ClientError::new(
                 ErrorCode::Forbidden,
                 format!("you are not a participant of conversation {conversation}"),
-            ));
+            )
+        })?;
+        let now = now_ms();
+        if let Some(ban) = access.banned(now) {
+            let mut e = ClientError::new(
+                ErrorCode::Banned,
+                format!(
+                    "you are banned from conversation {conversation} {}",
+                    ban.describe(now)
+                ),
+            );
+            e.retry_after_ms = ban.remaining_ms(now);
+            return Err(e);
         }
-        let _: () = conn
-            .set_ex(&key, "1", self.cfg.room_authz_cache_ttl.max(1))
-            .await
-            .map_err(|e| self.internal(&e.into()))?;
-        Ok(())
+        Ok(access)
     }
 
     /// Validates, authorizes, rate-limits and sequences a message, then produces it and
@@ -242,15 +246,19 @@ impl Gateway {
     ) -> Result<(ChatRecord, bool), ClientError> {
         let id = identity(s)?;
         let req = SendRequest::parse(data, self.cfg.limits.max_message_bytes)?;
-        let room = keys::conversation_room(&id.tenant_id, &req.conversation_id);
-        if !s.rooms().iter().any(|r| *r == room) {
-            return Err(ClientError::new(
-                ErrorCode::Forbidden,
+        require_joined(s, &id, &req.conversation_id, "sending to it")?;
+        let now = now_ms();
+        if let Some(mute) = self.member(&id, &req.conversation_id).await?.muted(now) {
+            let mut e = ClientError::new(
+                ErrorCode::Muted,
                 format!(
-                    "join conversation {} (room:join) before sending to it",
-                    req.conversation_id
+                    "you are muted in conversation {} {}",
+                    req.conversation_id,
+                    mute.describe(now)
                 ),
-            ));
+            );
+            e.retry_after_ms = mute.remaining_ms(now);
+            return Err(e);
         }
         match self
             .rate
@@ -312,6 +320,14 @@ impl Gateway {
             return Err(self.internal(&e));
         }
         self.metrics.messages_accepted.inc();
+        if let Err(e) = self
+            .recent
+            .remember(&record.tenant_id, &record.to_wire())
+            .await
+        {
+            // The message is durable in the broker; recovery falls back to MongoDB.
+            tracing::warn!(error = %e, "recording the message for recovery failed");
+        }
         Ok((record, false))
     }
 

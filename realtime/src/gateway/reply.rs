@@ -70,6 +70,20 @@ impl<A: Adapter> Reply<A> {
         }
     }
 
+    /// Sends `{ok: false, error, ...body}` to the ack callback, or an `error` event.
+    pub fn err_with(self, error: &ClientError, body: serde_json::Value) {
+        if !self.wants_ack {
+            return self.err(error);
+        }
+        let mut value = serde_json::json!({"ok": false, "error": error});
+        if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), body) {
+            target.extend(extra);
+        }
+        if let Err(e) = self.ack.send(&value) {
+            tracing::warn!(error = %e, code = error.code.as_str(), "error reply not delivered (socket gone or its buffer is full)");
+        }
+    }
+
     pub fn send(self, result: Result<serde_json::Value, ClientError>) {
         match result {
             Ok(body) => self.ok(body),

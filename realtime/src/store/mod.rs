@@ -14,6 +14,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use crate::error::{Error, Result};
 use crate::protocol::{ChatRecord, Content, WireMessage};
 
+mod rooms;
+pub use rooms::{LogEntry, MODERATION_LOG, RestrictionKind};
+
 pub const CONVERSATIONS: &str = "conversations";
 pub const MESSAGES: &str = "messages";
 const NAMESPACE_NOT_FOUND: i32 = 26;
@@ -72,6 +75,14 @@ impl Store {
                     .keys(doc! {"tenant_id": 1, "conversation_id": 1})
                     .build(),
             ])
+            .await?;
+        self.db
+            .collection::<Document>(MODERATION_LOG)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"tenant_id": 1, "conversation_id": 1, "created_at": -1})
+                    .build(),
+            )
             .await?;
         Ok(())
     }
