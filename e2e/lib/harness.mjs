@@ -168,8 +168,9 @@ export async function mongo(db) {
   return { client, db: client.db(db) };
 }
 
-export async function seedConversation(db, tenant, conversation, users) {
-  const participants = users.map((u, i) => ({ user_id: u, role: i === 0 ? "owner" : "member" }));
+/** Seeds a conversation: the first user is the owner, the rest members unless `roles` says otherwise. */
+export async function seedConversation(db, tenant, conversation, users, roles = {}) {
+  const participants = users.map((u, i) => ({ user_id: u, role: roles[u] ?? (i === 0 ? "owner" : "member") }));
   await db.collection("conversations").replaceOne(
     { tenant_id: tenant, conversation_id: conversation },
     { tenant_id: tenant, conversation_id: conversation, participants },
@@ -208,6 +209,15 @@ export function connect(proc, token, opts = {}) {
 export function closeAllSockets() {
   for (const s of sockets) s.close();
   sockets.clear();
+}
+
+/** The first `event` received by `socket` after `since` (ms) matching `pred`, waiting up to `timeoutMs`. */
+export async function nextEvent(socket, event, { since = 0, pred = () => true, timeoutMs = 5_000 } = {}) {
+  const found = await waitFor(
+    () => socket.events.find((e) => e.event === event && e.at >= since && pred(e.payload)),
+    { timeoutMs, intervalMs: 10, what: `${event} on the socket` },
+  );
+  return found;
 }
 
 /** A fresh namespace for one suite: database, Redis db, topics, tenant ids. */
