@@ -3,7 +3,7 @@
 // socket.io-client. Every process it starts is stopped by `stopAll()`.
 import { spawn } from "node:child_process";
 import { createHmac, randomUUID } from "node:crypto";
-import { createServer } from "node:net";
+import { connect as tcpConnect, createServer } from "node:net";
 import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -44,6 +44,27 @@ export function redisUrlWithDb(db) {
   const u = new URL(stackEnv().REDIS_URL);
   u.pathname = `/${db}`;
   return u.toString();
+}
+
+/** Runs one command on the stack's Redis (database `db`) and resolves with the raw reply line. */
+export async function redisCommand(db, ...args) {
+  const u = new URL(stackEnv().REDIS_URL);
+  const encode = (parts) => `*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(String(p))}\r\n${p}\r\n`).join("");
+  return new Promise((ok, fail) => {
+    const sock = tcpConnect(Number(u.port), u.hostname);
+    let buf = "";
+    sock.on("error", fail);
+    sock.on("data", (d) => {
+      buf += d.toString();
+      const lines = buf.split("\r\n");
+      if (lines.length >= 3) {
+        sock.end();
+        if (lines[0].startsWith("-") || lines[1].startsWith("-")) fail(new Error(`redis: ${buf}`));
+        else ok(lines[1]);
+      }
+    });
+    sock.write(encode(["SELECT", db]) + encode(args));
+  });
 }
 
 export async function freePort() {
