@@ -25,7 +25,13 @@ test("a tenant app chats through the official client", async () => {
   const alice = await h.connect(rt, h.mintToken({ tenant, user: "alice" }));
   const bob = await h.connect(rt, h.mintToken({ tenant, user: "bob" }));
 
-  assert.deepEqual(await alice.emitWithAck("room:join", { conversationId: "general" }), { ok: true, conversationId: "general" });
+  assert.deepEqual(await alice.emitWithAck("room:join", { conversationId: "general" }), {
+    ok: true,
+    conversationId: "general",
+    role: "owner",
+    online: ["alice"],
+    mutedUntil: null,
+  });
   assert.equal((await bob.emitWithAck("room:join", { conversationId: "general" })).ok, true);
 
   const ack = await alice.emitWithAck("message:send", {
