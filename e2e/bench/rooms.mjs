@@ -109,7 +109,7 @@ async function main() {
     });
     let k = 0;
     const fanout = await timed(rounds, null, async () => {
-      const id = `f${++k}`;
+      const id = `f${size}-${++k}`;
       const all = everyone("message:new", (m) => m.clientMessageId === id);
       const r = await owner.emitWithAck("message:send", { conversationId, clientMessageId: id, content: h.text("x") });
       if (!r.ok) throw new Error(JSON.stringify(r));
