@@ -21,12 +21,19 @@ pub struct ErrorLabel {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     pub reconciliations: Family<KindLabel, Counter>,
     pub errors: Family<ErrorLabel, Counter>,
     pub duration: Family<KindLabel, Histogram>,
+    pub turn_probes: Family<ResultLabel, Counter>,
+    pub turn_rotations: Counter,
 }
 
 impl Default for Metrics {
@@ -52,11 +59,25 @@ impl Default for Metrics {
             "Time a reconciliation takes",
             duration.clone(),
         );
+        let turn_probes = Family::<ResultLabel, Counter>::default();
+        let turn_rotations = Counter::default();
+        registry.register(
+            "turn_probes",
+            "TURN server health probes, by result (healthy or failed)",
+            turn_probes.clone(),
+        );
+        registry.register(
+            "turn_rotations",
+            "TURN shared-secret rotations",
+            turn_rotations.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciliations,
             errors,
             duration,
+            turn_probes,
+            turn_rotations,
         }
     }
 }

@@ -10,7 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::controller::{Context, realtime_cluster};
+use crate::controller::{Context, realtime_cluster, turn_pool};
 use crate::crd::{RealtimeCluster, TurnPool};
 use crate::metrics::Metrics;
 
@@ -56,7 +56,7 @@ fn referencing<K: kube::Resource>(
         .collect()
 }
 
-/// Runs the RealtimeCluster controller until `shutdown` resolves.
+/// Runs the RealtimeCluster and TurnPool controllers until `shutdown` resolves.
 pub async fn run_controllers(
     client: Client,
     namespace: Option<String>,
@@ -78,7 +78,19 @@ pub async fn run_controllers(
     let by_secret = store.clone();
     let by_pool = store;
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=realtime-operator");
-    controller
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let pools = Controller::new(api::<TurnPool>(&client, ns), watcher::Config::default())
+        .owns(api::<Secret>(&client, ns), owned.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(turn_pool::reconcile, turn_pool::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let clusters = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned)
@@ -115,8 +127,8 @@ pub async fn run_controllers(
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    futures::join!(clusters, pools);
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease.

@@ -97,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.rooms.recovery_window,
                 cfg.room_state_ttl(),
             ),
+            ice: crate::ice::IceProvider::start(&cfg.turn, cancel.clone()).await?,
             cfg: cfg.clone(),
         });
         gw.rooms
@@ -130,6 +131,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .await
         .context("registering the /chat namespace")?;
+        io.ns(
+            gateway::WEBRTC_NAMESPACE,
+            gateway::on_connect.with(gateway::authenticate_webrtc),
+        )
+        .await
+        .context("registering the /webrtc namespace")?;
+        app = app.merge(http::ice_router(gw.clone()));
         tasks.spawn(gateway::run_confirmations(
             gw.clone(),
             io.clone(),

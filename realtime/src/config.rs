@@ -63,6 +63,9 @@ pub struct Config {
     #[command(flatten)]
     pub rooms: RoomsConfig,
 
+    #[command(flatten)]
+    pub turn: TurnConfig,
+
     /// Hours a conversation's cached state lives in Redis without activity.
     #[arg(long, env = "ROOM_STATE_TTL_HOURS", default_value_t = 24)]
     pub room_state_ttl_hours: u64,
@@ -275,6 +278,41 @@ pub struct RoomsConfig {
     pub presence_heartbeat_ms: u64,
 }
 
+/// Where ICE servers for calls come from: a TurnPool (in Kubernetes: its healthy servers
+/// and its Secret, watched through the API) or a static list with a shared secret.
+#[derive(Debug, Clone, Args)]
+pub struct TurnConfig {
+    /// Static TURN/STUN servers, comma-separated `turn:`/`turns:`/`stun:` URIs (outside
+    /// Kubernetes). Every listed server is handed out.
+    #[arg(long = "turn-urls", env = "TURN_URLS", value_delimiter = ',')]
+    pub urls: Vec<String>,
+
+    /// Shared secret of the static servers (`use-auth-secret` in coturn).
+    #[arg(long = "turn-secret", env = "TURN_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// File holding the shared secret (read at each request, so a rotated mount is seen).
+    #[arg(long = "turn-secret-file", env = "TURN_SECRET_FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
+
+    /// Lifetime of issued TURN credentials in seconds (static servers; a TurnPool has its own).
+    #[arg(
+        long = "turn-credential-ttl",
+        env = "TURN_CREDENTIAL_TTL",
+        default_value_t = 86_400
+    )]
+    pub credential_ttl: u64,
+
+    /// Name of a TurnPool to follow through the Kubernetes API: its healthy servers (by
+    /// round-trip time) and the current secret of `<pool>-turn-secret`.
+    #[arg(long = "turn-pool", env = "TURN_POOL")]
+    pub pool: Option<String>,
+
+    /// Namespace of the TurnPool (default: the kubeconfig's or the pod's namespace).
+    #[arg(long = "turn-pool-namespace", env = "TURN_POOL_NAMESPACE")]
+    pub pool_namespace: Option<String>,
+}
+
 impl KafkaConfig {
     pub fn group(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.group_prefix)
@@ -323,6 +361,18 @@ impl Config {
                 "TYPING_THROTTLE_MS must be at least 1 and PRESENCE_HEARTBEAT_MS at least 100"
                     .into(),
             );
+        }
+        if self.turn.pool.is_some() && !self.turn.urls.is_empty() {
+            return Err("set TURN_POOL or TURN_URLS, not both".into());
+        }
+        if !self.turn.urls.is_empty()
+            && self.turn.secret.is_none()
+            && self.turn.secret_file.is_none()
+        {
+            return Err("TURN_URLS needs TURN_SECRET or TURN_SECRET_FILE".into());
+        }
+        for url in &self.turn.urls {
+            realtime_turn::ice::parse_url(url).map_err(|e| format!("TURN_URLS: {e}"))?;
         }
         if self.room_state_ttl_hours == 0 {
             return Err("ROOM_STATE_TTL_HOURS must be at least 1".into());

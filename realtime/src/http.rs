@@ -60,6 +60,47 @@ async fn ready(State(p): State<Probes>) -> impl IntoResponse {
     )
 }
 
+/// `GET /v1/ice-servers` (`Authorization: Bearer <JWT>`): the ICE servers with a fresh
+/// credential for the token's user, or `{error: {code, message}}` with 401/503.
+pub fn ice_router(gw: crate::gateway::Shared) -> Router {
+    Router::new()
+        .route("/v1/ice-servers", get(ice_servers))
+        .with_state(gw)
+}
+
+async fn ice_servers(
+    State(gw): State<crate::gateway::Shared>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let result = crate::auth::token_from_headers(&headers)
+        .ok_or_else(|| {
+            crate::error::ClientError::new(
+                crate::error::ErrorCode::Unauthorized,
+                "send the JWT as Authorization: Bearer <token>",
+            )
+        })
+        .and_then(|t| gw.verifier.verify(t))
+        .and_then(|id| gw.ice.configuration(&id.user_id));
+    match result {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(body),
+        ),
+        Err(e) => {
+            let status = match e.code {
+                crate::error::ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (
+                status,
+                [(header::CACHE_CONTROL, "no-store")],
+                axum::Json(json!({"error": e})),
+            )
+        }
+    }
+}
+
 async fn with_timeout(check: impl Future<Output = bool>) -> bool {
     tokio::time::timeout(CHECK_TIMEOUT, check)
         .await

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod ice;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;

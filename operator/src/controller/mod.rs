@@ -1,13 +1,16 @@
 //! Reconcilers and what they share: the context, errors and per-object back-off.
 
 pub mod realtime_cluster;
+pub mod turn_pool;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kube::Client;
-use kube::runtime::events::Recorder;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource};
+use serde::Serialize;
 
 use crate::metrics::Metrics;
 
@@ -22,6 +25,8 @@ pub struct Context {
     /// `policy/v1` or, on servers before 1.21, `policy/v1beta1`.
     pub pdb_api_version: String,
     backoff: Mutex<HashMap<String, u32>>,
+    /// When each TurnPool was last probed, and at which generation.
+    probes: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -37,7 +42,29 @@ impl Context {
             metrics,
             pdb_api_version,
             backoff: Mutex::default(),
+            probes: Mutex::default(),
         }
+    }
+
+    /// Time left before `key` (at `generation`) is due for another probe round; zero
+    /// when due now.
+    pub fn probe_wait(&self, key: &str, generation: Option<i64>, interval: Duration) -> Duration {
+        let map = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(key) {
+            Some((g, at)) if *g == generation => interval.saturating_sub(at.elapsed()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records that `key` was probed now, at `generation`.
+    pub fn probed(&self, key: &str, generation: Option<i64>) {
+        self.probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned(), (generation, std::time::Instant::now()));
     }
 
     /// Next retry delay of an object after a failure: 1 s doubling to 5 min, with jitter.
@@ -76,6 +103,42 @@ fn jitter_fraction(key: &str, attempt: u32) -> f64 {
     use std::hash::BuildHasher;
     let h = std::collections::hash_map::RandomState::new().hash_one((key, attempt));
     (h % 1000) as f64 / 1000.0
+}
+
+/// Server-side applies `obj` with the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal. The note
+/// must never hold secret material.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
 }
 
 /// Reconcile failures, with a category for metrics and Event reasons.

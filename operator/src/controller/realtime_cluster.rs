@@ -13,13 +13,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Context, Error, MANAGER};
+use super::{Context, Error, MANAGER, apply, publish};
 use crate::crd::condition::*;
 use crate::crd::{
     ComponentStatus, Endpoints, RealtimeCluster, RealtimeClusterStatus, TurnPool, condition,
@@ -288,19 +287,6 @@ async fn resolve_references(
     })
 }
 
-async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<(), Error>
-where
-    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn apply_children(
     rc: &RealtimeCluster,
     ctx: &Context,
@@ -408,24 +394,4 @@ async fn patch_status(
     )
     .await?;
     Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    rc: &RealtimeCluster,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &rc.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing an Event failed");
-    }
 }

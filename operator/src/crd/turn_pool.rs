@@ -41,6 +41,14 @@ pub struct TurnPoolSpec {
     /// Health checks of every server.
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// Healthy servers needed for the pool to be `Ready`.
+    #[serde(default = "default_min_healthy")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_healthy_servers: i32,
+}
+
+fn default_min_healthy() -> i32 {
+    1
 }
 
 fn default_credential_ttl() -> i64 {
@@ -71,6 +79,16 @@ pub enum Transport {
     Tls,
 }
 
+impl From<Transport> for realtime_turn::probe::Transport {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Udp => Self::Udp,
+            Transport::Tcp => Self::Tcp,
+            Transport::Tls => Self::Tls,
+        }
+    }
+}
+
 /// A coturn Deployment run by the operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +103,25 @@ pub struct ManagedTurn {
     /// TURN realm.
     #[schemars(length(min = 1, max = 253))]
     pub realm: String,
+    /// Port coturn listens on (UDP and TCP).
+    #[serde(default = "default_turn_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Type of the Service in front of the pods. Clients outside the cluster need a
+    /// `LoadBalancer` (the default) or `NodePort`.
+    #[serde(default = "default_turn_service_type")]
+    pub service_type: super::ServiceType,
+    /// Host name handed to clients and probed; defaults to the Service's cluster DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub public_host: Option<String>,
+}
+
+fn default_turn_port() -> i32 {
+    3478
+}
+fn default_turn_service_type() -> super::ServiceType {
+    super::ServiceType::LoadBalancer
 }
 
 fn default_turn_replicas() -> i32 {
@@ -98,8 +135,9 @@ fn default_turn_image() -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotation {
-    /// Seconds between rotations; at least the credential TTL, so that the previous
-    /// secret covers every credential still valid.
+    /// Seconds between rotations. An interval shorter than `credentialTTLSeconds` is
+    /// raised to it, so that the previous secret covers every credential still valid.
+    /// Annotate the pool with `realtime.dev/rotate=<any new value>` to rotate at once.
     #[schemars(range(min = 60))]
     pub interval_seconds: i64,
 }
@@ -183,6 +221,9 @@ pub struct TurnPoolStatus {
 pub struct ServerStatus {
     pub host: String,
     pub port: i32,
+    /// Transports the server offers (as probed).
+    #[serde(default)]
+    pub transports: Vec<Transport>,
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
@@ -190,6 +231,8 @@ pub struct ServerStatus {
     pub rtt_millis: Option<i64>,
     #[serde(default)]
     pub consecutive_failures: i32,
+    #[serde(default)]
+    pub consecutive_successes: i32,
     /// What the last probe found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -37,6 +37,7 @@ use crate::sequence::Sequencer;
 use crate::store::Store;
 
 pub const CHAT_NAMESPACE: &str = "/chat";
+pub const WEBRTC_NAMESPACE: &str = "/webrtc";
 
 /// Everything a gateway handler needs; shared as Socket.IO state.
 pub struct Gateway {
@@ -52,18 +53,19 @@ pub struct Gateway {
     pub access: AccessCache,
     pub rooms: RoomState,
     pub recent: RecentMessages,
+    pub ice: crate::ice::IceProvider,
 }
 
 pub type Shared = Arc<Gateway>;
 
-/// Handshake middleware: no valid token, no connection.
-pub async fn authenticate<A: Adapter>(
-    s: SocketRef<A>,
-    TryData(auth): TryData<Value>,
-    State(gw): State<Shared>,
-) -> Result<(), ClientError> {
+/// Checks the handshake's token (Socket.IO `auth` payload or `Authorization` header).
+fn verify_handshake<A: Adapter>(
+    s: &SocketRef<A>,
+    auth: Option<&Value>,
+    gw: &Gateway,
+) -> Result<Identity, ClientError> {
     let from_header = auth::token_from_headers(&s.req_parts().headers);
-    let token = auth::token_from_auth(auth.as_ref().ok()).or(from_header);
+    let token = auth::token_from_auth(auth).or(from_header);
     let result = match token {
         None => Err(ClientError::new(
             ErrorCode::Unauthorized,
@@ -71,7 +73,39 @@ pub async fn authenticate<A: Adapter>(
         )),
         Some(token) => gw.verifier.verify(token),
     };
-    match result {
+    if let Err(e) = &result {
+        gw.metrics.connections_refused.inc();
+        tracing::debug!(reason = %e.message, "connection refused");
+    }
+    result
+}
+
+/// Handshake middleware of `/webrtc`: no valid token, no connection. Its events are
+/// registered here for the same reason as in [`authenticate`].
+pub async fn authenticate_webrtc<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(auth): TryData<Value>,
+    State(gw): State<Shared>,
+) -> Result<(), ClientError> {
+    let identity = verify_handshake(&s, auth.as_ref().ok(), &gw)?;
+    s.extensions.insert(identity);
+    s.on("call:ice-servers", on_ice_servers::<A>);
+    s.on_fallback(on_unknown::<A>);
+    Ok(())
+}
+
+async fn on_ice_servers<A: Adapter>(s: SocketRef<A>, reply: Reply<A>, State(gw): State<Shared>) {
+    let result = identity(&s).and_then(|id| gw.ice.configuration(&id.user_id));
+    reply.send(result);
+}
+
+/// Handshake middleware of `/chat`: no valid token, no connection.
+pub async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(auth): TryData<Value>,
+    State(gw): State<Shared>,
+) -> Result<(), ClientError> {
+    match verify_handshake(&s, auth.as_ref().ok(), &gw) {
         Ok(identity) => {
             // Everything a client may rely on right after `connect` is set up here, not in
             // the connect handler: socketioxide sends CONNECT before it spawns that handler,
@@ -83,11 +117,7 @@ pub async fn authenticate<A: Adapter>(
             s.on_disconnect(rooms::on_disconnect::<A>);
             Ok(())
         }
-        Err(e) => {
-            gw.metrics.connections_refused.inc();
-            tracing::debug!(reason = %e.message, "connection refused");
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }
 
@@ -196,7 +226,7 @@ async fn on_unknown<A: Adapter>(Event(event): Event, reply: Reply<A>) {
     }
     reply.err(&ClientError::new(
         ErrorCode::UnknownEvent,
-        format!("event {name:?} is not part of the /chat protocol"),
+        format!("event {name:?} is not part of the protocol of this namespace"),
     ));
 }
 

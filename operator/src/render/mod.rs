@@ -17,6 +17,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{RealtimeCluster, SecretKeyRef, ServiceType, labels};
 
+pub mod turn_pool;
+
 /// Port the data plane listens on inside the pod.
 pub const CONTAINER_PORT: i32 = 3000;
 /// Pod-template annotation that changes when the configuration or a Secret changes.
@@ -198,16 +200,7 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
         readiness_probe: Some(http_probe("/readyz", 2)),
         liveness_probe: Some(http_probe("/healthz", 10)),
         resources,
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(locked_down(true)),
         ..Container::default()
     };
     Deployment {
@@ -232,15 +225,7 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
                     automount_service_account_token: Some(false),
                     // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
                     termination_grace_period_seconds: Some(30),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security(65532)),
                     containers: vec![container],
                     ..PodSpec::default()
                 }),
@@ -251,20 +236,48 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
     }
 }
 
+pub fn service_type(t: ServiceType) -> String {
+    match t {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    }
+    .to_owned()
+}
+
+/// No privilege escalation, no capabilities, non-root (the pod says which user).
+pub fn locked_down(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+pub fn pod_security(user: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
 pub fn gateway_service(rc: &RealtimeCluster) -> Service {
     let name = rc.name_any();
     let svc = &rc.spec.gateway.service;
     Service {
         metadata: meta(rc, gateway_name(&name), "gateway"),
         spec: Some(K8sServiceSpec {
-            type_: Some(
-                match svc.type_ {
-                    ServiceType::ClusterIP => "ClusterIP",
-                    ServiceType::NodePort => "NodePort",
-                    ServiceType::LoadBalancer => "LoadBalancer",
-                }
-                .to_owned(),
-            ),
+            type_: Some(service_type(svc.type_)),
             selector: Some(labels(&name, "gateway")),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),

@@ -1,0 +1,546 @@
+//! TurnPool reconciler: secret → rotation → managed coturn → health probes → status.
+//!
+//! The shared secret is kept in `<pool>-turn-secret` (current and previous) and rotated
+//! on schedule or on demand (see `render::turn_pool`). Every server is probed each
+//! `healthCheck.intervalSeconds`: a STUN Binding per transport and a TURN Allocate with a
+//! credential freshly minted from the current secret. Health follows the thresholds;
+//! status lists every server, the counts, the rotation times and `Ready`/`Degraded`.
+//! No secret material reaches status, Events or logs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use realtime_turn::credentials;
+use realtime_turn::health::{Health, Thresholds};
+use realtime_turn::probe::{self, Report};
+use serde_json::json;
+
+use super::{Context, Error, MANAGER, apply, publish};
+use crate::crd::condition::*;
+use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
+use crate::metrics::{ErrorLabel, KindLabel, ResultLabel};
+use crate::render::turn_pool as render;
+
+const KIND: &str = "TurnPool";
+/// The user named in the credentials the operator's probes use.
+pub const PROBE_USER: &str = "realtime-operator-probe";
+const PROBE_CREDENTIAL_TTL: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(pool: Arc<TurnPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics
+        .reconciliations
+        .get_or_create(&KindLabel { kind: KIND })
+        .inc();
+    let result = reconcile_inner(&pool, &ctx).await;
+    ctx.metrics
+        .duration
+        .get_or_create(&KindLabel { kind: KIND })
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&key(&pool));
+    }
+    result
+}
+
+pub fn error_policy(pool: Arc<TurnPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabel {
+            kind: KIND,
+            category: error.category(),
+        })
+        .inc();
+    let delay = ctx.failed(&key(&pool));
+    tracing::warn!(pool = %key(&pool), category = error.category(), ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+fn key(pool: &TurnPool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+/// What is wrong with the spec that the schema cannot say (or that 1.20 does not check).
+pub fn invalid(pool: &TurnPool) -> Option<String> {
+    match (&pool.spec.servers, &pool.spec.managed) {
+        (None, None) => Some(
+            "set spec.servers (external TURN servers) or spec.managed (a coturn Deployment)".into(),
+        ),
+        (Some(_), Some(_)) => Some("set either spec.servers or spec.managed, not both".into()),
+        (Some(s), None) if s.is_empty() => {
+            Some("spec.servers is empty: list at least one server".into())
+        }
+        _ => None,
+    }
+}
+
+fn thresholds(pool: &TurnPool) -> Thresholds {
+    let hc = &pool.spec.health_check;
+    Thresholds {
+        failure: u32::try_from(hc.failure_threshold).unwrap_or(1),
+        success: u32::try_from(hc.success_threshold).unwrap_or(1),
+    }
+}
+
+fn seconds(v: i32) -> Duration {
+    Duration::from_secs(u64::try_from(v).unwrap_or(1).max(1))
+}
+
+async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool
+        .namespace()
+        .ok_or_else(|| Error::Invalid("TurnPool must be namespaced".into()))?;
+    let name = pool.name_any();
+    let generation = pool.metadata.generation;
+    let current = pool.status.clone().unwrap_or_default();
+    let client = &ctx.client;
+
+    if let Some(problem) = invalid(pool) {
+        let stalled = condition(
+            STALLED,
+            true,
+            REASON_INVALID_SPEC,
+            problem.clone(),
+            generation,
+        );
+        let ready = condition(
+            READY,
+            false,
+            REASON_INVALID_SPEC,
+            problem.clone(),
+            generation,
+        );
+        let status = TurnPoolStatus {
+            conditions: merge_conditions(&current.conditions, vec![ready, stalled], now()),
+            observed_generation: generation,
+            ..current.clone()
+        };
+        if status != current {
+            publish(
+                ctx,
+                pool,
+                EventType::Warning,
+                REASON_INVALID_SPEC,
+                "Validate",
+                problem,
+            )
+            .await;
+            patch_status(pool, ctx, &ns, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // The secret, rotated when due.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret_name = render::secret_name(&name);
+    let stored = secrets
+        .get_opt(&secret_name)
+        .await?
+        .as_ref()
+        .and_then(render::read_secret);
+    let at = Timestamp::now();
+    let due = render::rotation_due(pool, stored.as_ref(), at);
+    let state = match (due, stored) {
+        (None, Some(state)) => state,
+        (reason, previous) => {
+            let next = render::rotate(pool, previous.as_ref(), at);
+            ctx.metrics.turn_rotations.inc();
+            let why = match reason {
+                Some(render::Rotation::Initial) | None => "created",
+                Some(render::Rotation::Scheduled) => "rotated on schedule",
+                Some(render::Rotation::Requested) => "rotated on request (realtime.dev/rotate)",
+            };
+            publish(
+                ctx,
+                pool,
+                EventType::Normal,
+                "SecretRotated",
+                "Rotate",
+                format!(
+                    "shared secret in Secret {secret_name} {why}; the previous secret stays accepted until the credentials it signed expire"
+                ),
+            )
+            .await;
+            next
+        }
+    };
+    // Applied every round: a no-op unless the rotation or the managed spec changed it.
+    apply(&secrets, &secret_name, &render::secret(pool, &state)).await?;
+    if let Some(managed) = &pool.spec.managed {
+        let checksum = render::secret_checksum(&state);
+        apply(
+            &Api::<Deployment>::namespaced(client.clone(), &ns),
+            &render::coturn_name(&name),
+            &render::coturn_deployment(pool, managed, &checksum),
+        )
+        .await?;
+        apply(
+            &Api::<Service>::namespaced(client.clone(), &ns),
+            &render::coturn_name(&name),
+            &render::coturn_service(pool, managed),
+        )
+        .await?;
+    }
+    let next_rotation = render::next_rotation(pool, &state);
+    let until_rotation = next_rotation
+        .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
+    let requeue = |d: Duration| {
+        Action::requeue(
+            until_rotation
+                .map_or(d, |r| d.min(r))
+                .max(Duration::from_millis(100)),
+        )
+    };
+
+    // Probes, once per interval (a status write wakes the controller; it must not probe).
+    let interval = seconds(pool.spec.health_check.interval_seconds);
+    let wait = ctx.probe_wait(&key(pool), generation, interval);
+    if due.is_none() && !wait.is_zero() {
+        return Ok(requeue(wait));
+    }
+    ctx.probed(&key(pool), generation);
+    let timeout = seconds(pool.spec.health_check.timeout_seconds);
+    let credential = credentials::mint(
+        state.pair.current.as_bytes(),
+        PROBE_USER,
+        PROBE_CREDENTIAL_TTL,
+        credentials::now_unix(),
+    );
+    let servers = render::servers(pool);
+    let reports = join_all(servers.iter().map(|s| {
+        let transports: Vec<probe::Transport> = s.transports.iter().map(|t| (*t).into()).collect();
+        let (username, password) = (credential.username.clone(), credential.password.clone());
+        async move {
+            probe::check(
+                &s.host,
+                u16::try_from(s.port).unwrap_or(0),
+                &transports,
+                &username,
+                &password,
+                timeout,
+            )
+            .await
+        }
+    }))
+    .await;
+    let probed_at = now();
+    let mut statuses = Vec::with_capacity(servers.len());
+    for (server, report) in servers.iter().zip(&reports) {
+        ctx.metrics
+            .turn_probes
+            .get_or_create(&ResultLabel {
+                result: if report.ok { "healthy" } else { "failed" },
+            })
+            .inc();
+        let before = previous(&current, server);
+        let after = next_server_status(before, server, report, thresholds(pool), probed_at.clone());
+        if before.is_some_and(|b| b.healthy != after.healthy)
+            || (before.is_none() && !after.healthy)
+        {
+            let (type_, reason) = if after.healthy {
+                (EventType::Normal, "ServerHealthy")
+            } else {
+                (EventType::Warning, "ServerUnhealthy")
+            };
+            publish(
+                ctx,
+                pool,
+                type_,
+                reason,
+                "Probe",
+                format!(
+                    "{}:{} {}: {}",
+                    server.host,
+                    server.port,
+                    if after.healthy {
+                        "is healthy"
+                    } else {
+                        "is unhealthy"
+                    },
+                    after.message.as_deref().unwrap_or("")
+                ),
+            )
+            .await;
+        }
+        statuses.push(after);
+    }
+    let healthy = statuses.iter().filter(|s| s.healthy).count();
+    let status = TurnPoolStatus {
+        conditions: merge_conditions(
+            &current.conditions,
+            pool_conditions(pool, &statuses, generation),
+            now(),
+        ),
+        observed_generation: generation,
+        healthy_servers: i32::try_from(healthy).unwrap_or(i32::MAX),
+        total_servers: i32::try_from(statuses.len()).unwrap_or(i32::MAX),
+        servers: statuses,
+        last_rotation_time: Some(Time(state.rotated_at)),
+        next_rotation_time: next_rotation.map(Time),
+    };
+    patch_status(pool, ctx, &ns, &status).await?;
+    Ok(requeue(
+        interval.saturating_sub(probed_at_elapsed(&probed_at)),
+    ))
+}
+
+fn probed_at_elapsed(t: &Time) -> Duration {
+    Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn previous<'a>(status: &'a TurnPoolStatus, server: &TurnServer) -> Option<&'a ServerStatus> {
+    status
+        .servers
+        .iter()
+        .find(|s| s.host == server.host && s.port == server.port)
+}
+
+/// A server's status after one probe, by the health state machine.
+pub fn next_server_status(
+    before: Option<&ServerStatus>,
+    server: &TurnServer,
+    report: &Report,
+    t: Thresholds,
+    at: Time,
+) -> ServerStatus {
+    let health = Health {
+        healthy: before.is_some_and(|b| b.healthy),
+        consecutive_failures: before
+            .map_or(0, |b| u32::try_from(b.consecutive_failures).unwrap_or(0)),
+        consecutive_successes: before
+            .map_or(0, |b| u32::try_from(b.consecutive_successes).unwrap_or(0)),
+    }
+    .observe(report.ok, t);
+    let rtt = report
+        .rtt
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    ServerStatus {
+        host: server.host.clone(),
+        port: server.port,
+        transports: server.transports.clone(),
+        healthy: health.healthy,
+        last_probe_time: Some(at),
+        // The last good round trip is kept while a server fails, for ordering.
+        rtt_millis: rtt.or(before.and_then(|b| b.rtt_millis)),
+        consecutive_failures: i32::try_from(health.consecutive_failures).unwrap_or(i32::MAX),
+        consecutive_successes: i32::try_from(health.consecutive_successes).unwrap_or(i32::MAX),
+        message: Some(if report.message.is_empty() {
+            if report.ok {
+                "healthy".into()
+            } else {
+                "probe failed".into()
+            }
+        } else {
+            report.message.clone()
+        }),
+    }
+}
+
+/// `Ready` when at least `minHealthyServers` are healthy; `Degraded` while any is not.
+pub fn pool_conditions(
+    pool: &TurnPool,
+    servers: &[ServerStatus],
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let total = servers.len();
+    let healthy = servers.iter().filter(|s| s.healthy).count();
+    let needed = usize::try_from(pool.spec.min_healthy_servers).unwrap_or(1);
+    let unhealthy: Vec<String> = servers
+        .iter()
+        .filter(|s| !s.healthy)
+        .map(|s| {
+            format!(
+                "{}:{} ({})",
+                s.host,
+                s.port,
+                s.message.as_deref().unwrap_or("not probed")
+            )
+        })
+        .collect();
+    let ready = if healthy >= needed {
+        condition(
+            READY,
+            true,
+            REASON_AVAILABLE,
+            format!("{healthy} of {total} servers healthy"),
+            generation,
+        )
+    } else if healthy == 0 {
+        condition(
+            READY,
+            false,
+            "NoHealthyServers",
+            format!("none of {total} servers is healthy: clients get no ICE servers"),
+            generation,
+        )
+    } else {
+        condition(
+            READY,
+            false,
+            "NotEnoughHealthyServers",
+            format!("{healthy} of {total} servers healthy; {needed} needed"),
+            generation,
+        )
+    };
+    let degraded = if unhealthy.is_empty() {
+        condition(
+            DEGRADED,
+            false,
+            "AllHealthy",
+            format!("all {total} servers healthy"),
+            generation,
+        )
+    } else {
+        condition(
+            DEGRADED,
+            true,
+            "ServersUnhealthy",
+            format!("unhealthy: {}", unhealthy.join("; ")),
+            generation,
+        )
+    };
+    vec![ready, degraded]
+}
+
+async fn patch_status(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+    status: &TurnPoolStatus,
+) -> Result<(), Error> {
+    let api: Api<TurnPool> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": TurnPool::api_version(&()),
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{HealthCheck, Transport, TurnPoolSpec};
+
+    fn pool(min: i32) -> TurnPool {
+        TurnPool::new(
+            "p",
+            TurnPoolSpec {
+                servers: Some(vec![]),
+                managed: None,
+                credential_ttl_seconds: 600,
+                rotation: None,
+                health_check: HealthCheck::default(),
+                min_healthy_servers: min,
+            },
+        )
+    }
+
+    fn server(port: i32) -> TurnServer {
+        TurnServer {
+            host: "127.0.0.1".into(),
+            port,
+            transports: vec![Transport::Udp],
+        }
+    }
+
+    fn report(ok: bool) -> Report {
+        Report {
+            ok,
+            rtt: ok.then(|| Duration::from_millis(7)),
+            message: if ok {
+                "binding and allocate succeeded".into()
+            } else {
+                "udp binding: refused".into()
+            },
+        }
+    }
+
+    #[test]
+    fn server_status_follows_the_thresholds_and_keeps_the_last_rtt() {
+        let t = Thresholds {
+            failure: 2,
+            success: 1,
+        };
+        let s = server(1);
+        let up = next_server_status(None, &s, &report(true), t, now());
+        assert!(up.healthy);
+        assert_eq!(up.rtt_millis, Some(7));
+        let once = next_server_status(Some(&up), &s, &report(false), t, now());
+        assert!(once.healthy, "one failure is below the threshold");
+        assert_eq!(once.consecutive_failures, 1);
+        assert_eq!(once.rtt_millis, Some(7));
+        let twice = next_server_status(Some(&once), &s, &report(false), t, now());
+        assert!(!twice.healthy);
+        assert_eq!(twice.message.as_deref(), Some("udp binding: refused"));
+        let back = next_server_status(Some(&twice), &s, &report(true), t, now());
+        assert!(back.healthy);
+        assert_eq!(back.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn conditions_say_ready_or_degraded() {
+        let t = Thresholds {
+            failure: 1,
+            success: 1,
+        };
+        let ok = next_server_status(None, &server(1), &report(true), t, now());
+        let bad = next_server_status(None, &server(2), &report(false), t, now());
+        let c = pool_conditions(&pool(1), &[ok.clone(), bad.clone()], Some(3));
+        assert_eq!(
+            (c[0].type_.as_str(), c[0].status.as_str()),
+            ("Ready", "True")
+        );
+        assert_eq!(
+            (c[1].type_.as_str(), c[1].status.as_str()),
+            ("Degraded", "True")
+        );
+        assert!(c[1].message.contains("127.0.0.1:2"));
+        assert_eq!(c[0].observed_generation, Some(3));
+        let c = pool_conditions(&pool(2), &[ok.clone(), bad.clone()], None);
+        assert_eq!(
+            (c[0].status.as_str(), c[0].reason.as_str()),
+            ("False", "NotEnoughHealthyServers")
+        );
+        let c = pool_conditions(&pool(1), &[bad], None);
+        assert_eq!(c[0].reason, "NoHealthyServers");
+        let c = pool_conditions(&pool(1), &[ok], None);
+        assert_eq!(
+            (c[1].status.as_str(), c[1].reason.as_str()),
+            ("False", "AllHealthy")
+        );
+    }
+
+    #[test]
+    fn invalid_specs_are_named() {
+        let mut p = pool(1);
+        assert!(invalid(&p).unwrap().contains("empty"));
+        p.spec.servers = None;
+        assert!(invalid(&p).unwrap().contains("spec.servers"));
+        p.spec.servers = Some(vec![server(1)]);
+        assert_eq!(invalid(&p), None);
+    }
+}

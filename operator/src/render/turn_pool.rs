@@ -1,0 +1,450 @@
+//! Rendering of a TurnPool's children and its secret bookkeeping. Pure: a pool, its
+//! secret state and the time go in, Kubernetes objects and decisions come out.
+//!
+//! The shared secret lives in a Secret the operator owns, `<pool>-turn-secret`, with keys
+//! `current` and `previous` (and `turnserver.conf` for managed servers, which lists both);
+//! its annotations record when it was last rotated and which on-demand request was
+//! handled. Credentials are signed with `current`; servers accept both, so everything
+//! signed before a rotation keeps working until it expires.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::{Resource, ResourceExt};
+use realtime_turn::coturn::{self, Listen, SecretPair};
+use sha2::{Digest, Sha256};
+
+use super::{CHECKSUM_ANNOTATION, locked_down, pod_security, service_type};
+use crate::crd::{ManagedTurn, Transport, TurnPool, TurnServer, labels};
+
+/// On the pool: set to a new value to rotate the secret at once.
+pub const ROTATE_ANNOTATION: &str = "realtime.dev/rotate";
+/// On the Secret: when it was last rotated (RFC 3339).
+pub const ROTATED_AT_ANNOTATION: &str = "realtime.dev/rotated-at";
+/// On the Secret: the last value of [`ROTATE_ANNOTATION`] that was acted on.
+pub const ROTATION_REQUEST_ANNOTATION: &str = "realtime.dev/rotation-request";
+pub const CURRENT_KEY: &str = "current";
+pub const PREVIOUS_KEY: &str = "previous";
+pub const CONFIG_KEY: &str = "turnserver.conf";
+const CONFIG_DIR: &str = "/etc/coturn";
+const RELAY_PORTS: (u16, u16) = (49152, 65535);
+
+pub fn secret_name(pool: &str) -> String {
+    format!("{pool}-turn-secret")
+}
+pub fn coturn_name(pool: &str) -> String {
+    format!("{pool}-coturn")
+}
+
+/// What the Secret holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretState {
+    pub pair: SecretPair,
+    pub rotated_at: Timestamp,
+    pub handled_request: Option<String>,
+}
+
+/// Reads the state back from the Secret; `None` when it is missing or unusable (then a
+/// fresh secret is made).
+pub fn read_secret(secret: &Secret) -> Option<SecretState> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|s| !s.is_empty())
+    };
+    let annotations = secret.metadata.annotations.as_ref();
+    let rotated_at = annotations
+        .and_then(|a| a.get(ROTATED_AT_ANNOTATION))
+        .and_then(|t| t.parse::<Timestamp>().ok())?;
+    Some(SecretState {
+        pair: SecretPair {
+            current: text(CURRENT_KEY)?,
+            previous: text(PREVIOUS_KEY),
+        },
+        rotated_at,
+        handled_request: annotations
+            .and_then(|a| a.get(ROTATION_REQUEST_ANNOTATION))
+            .cloned(),
+    })
+}
+
+/// Why the secret is (re)made now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// There was none.
+    Initial,
+    /// The interval passed.
+    Scheduled,
+    /// The pool's `realtime.dev/rotate` annotation has a new value.
+    Requested,
+}
+
+/// Time between scheduled rotations: the interval, raised to the credential TTL.
+pub fn rotation_period(pool: &TurnPool) -> Option<Duration> {
+    let ttl = pool.spec.credential_ttl_seconds.max(0);
+    pool.spec.rotation.as_ref().map(|r| {
+        Duration::from_secs(u64::try_from(r.interval_seconds.max(ttl)).unwrap_or(u64::MAX))
+    })
+}
+
+pub fn next_rotation(pool: &TurnPool, state: &SecretState) -> Option<Timestamp> {
+    let period = rotation_period(pool)?;
+    let signed = SignedDuration::try_from(period).ok()?;
+    state.rotated_at.checked_add(signed).ok()
+}
+
+/// Decides whether to rotate at `now`.
+pub fn rotation_due(
+    pool: &TurnPool,
+    state: Option<&SecretState>,
+    now: Timestamp,
+) -> Option<Rotation> {
+    let Some(state) = state else {
+        return Some(Rotation::Initial);
+    };
+    let requested = pool.annotations().get(ROTATE_ANNOTATION);
+    if requested.is_some() && requested != state.handled_request.as_ref() {
+        return Some(Rotation::Requested);
+    }
+    match next_rotation(pool, state) {
+        Some(due) if due <= now => Some(Rotation::Scheduled),
+        _ => None,
+    }
+}
+
+/// The state after a rotation at `now` with a fresh secret.
+pub fn rotate(pool: &TurnPool, state: Option<&SecretState>, now: Timestamp) -> SecretState {
+    let next = SecretPair::generate();
+    SecretState {
+        pair: state.map_or_else(
+            || SecretPair::new(next.clone()),
+            |s| s.pair.rotated(next.clone()),
+        ),
+        rotated_at: now,
+        handled_request: pool
+            .annotations()
+            .get(ROTATE_ANNOTATION)
+            .cloned()
+            .or_else(|| state.and_then(|s| s.handled_request.clone())),
+    }
+}
+
+fn meta(pool: &TurnPool, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: pool.namespace(),
+        labels: Some(labels(&pool.name_any(), component)),
+        owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn listen(managed: &ManagedTurn) -> Listen {
+    Listen {
+        ip: None,
+        port: u16::try_from(managed.port).unwrap_or(3478),
+        relay_ip: None,
+        min_relay_port: RELAY_PORTS.0,
+        max_relay_port: RELAY_PORTS.1,
+        loopback_peers: false,
+    }
+}
+
+pub fn secret(pool: &TurnPool, state: &SecretState) -> Secret {
+    let mut data = BTreeMap::from([(
+        CURRENT_KEY.to_owned(),
+        ByteString(state.pair.current.clone().into_bytes()),
+    )]);
+    if let Some(previous) = &state.pair.previous {
+        data.insert(
+            PREVIOUS_KEY.to_owned(),
+            ByteString(previous.clone().into_bytes()),
+        );
+    }
+    if let Some(managed) = &pool.spec.managed {
+        data.insert(
+            CONFIG_KEY.to_owned(),
+            ByteString(coturn::config(&managed.realm, &state.pair, &listen(managed)).into_bytes()),
+        );
+    }
+    let mut annotations = BTreeMap::from([(
+        ROTATED_AT_ANNOTATION.to_owned(),
+        state.rotated_at.to_string(),
+    )]);
+    if let Some(r) = &state.handled_request {
+        annotations.insert(ROTATION_REQUEST_ANNOTATION.to_owned(), r.clone());
+    }
+    let mut metadata = meta(pool, secret_name(&pool.name_any()), "turn-secret");
+    metadata.annotations = Some(annotations);
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Checksum of the secret pair: changes with every rotation, which rolls managed pods.
+pub fn secret_checksum(state: &SecretState) -> String {
+    let mut h = Sha256::new();
+    for s in state.pair.accepted() {
+        h.update(s.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn coturn_deployment(pool: &TurnPool, managed: &ManagedTurn, checksum: &str) -> Deployment {
+    let name = pool.name_any();
+    let selector = labels(&name, "coturn");
+    let port = managed.port;
+    let container = Container {
+        name: "coturn".into(),
+        image: Some(managed.image.clone()),
+        args: Some(vec!["-c".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}")]),
+        ports: Some(
+            ["UDP", "TCP"]
+                .into_iter()
+                .map(|p| ContainerPort {
+                    name: Some(format!("turn-{}", p.to_lowercase())),
+                    container_port: port,
+                    protocol: Some(p.into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        // coturn writes its pid file; the root filesystem stays writable for it.
+        security_context: Some(locked_down(false)),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(pool, coturn_name(&name), "coturn"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(managed.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    annotations: Some(BTreeMap::from([(
+                        CHECKSUM_ANNOTATION.to_owned(),
+                        checksum.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security(65534)),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(secret_name(&name)),
+                            items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                                key: CONFIG_KEY.into(),
+                                path: CONFIG_KEY.into(),
+                                ..Default::default()
+                            }]),
+                            ..SecretVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+pub fn coturn_service(pool: &TurnPool, managed: &ManagedTurn) -> Service {
+    let name = pool.name_any();
+    Service {
+        metadata: meta(pool, coturn_name(&name), "coturn"),
+        spec: Some(ServiceSpec {
+            type_: Some(service_type(managed.service_type)),
+            selector: Some(labels(&name, "coturn")),
+            ports: Some(
+                ["UDP", "TCP"]
+                    .into_iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("turn-{}", p.to_lowercase())),
+                        port: managed.port,
+                        protocol: Some(p.into()),
+                        target_port: Some(IntOrString::Int(managed.port)),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The servers to probe and hand out: the external list, or the managed Service.
+pub fn servers(pool: &TurnPool) -> Vec<TurnServer> {
+    if let Some(servers) = &pool.spec.servers {
+        return servers.clone();
+    }
+    pool.spec
+        .managed
+        .as_ref()
+        .map(|m| {
+            let host = m.public_host.clone().unwrap_or_else(|| {
+                format!(
+                    "{}.{}.svc",
+                    coturn_name(&pool.name_any()),
+                    pool.namespace().unwrap_or_default()
+                )
+            });
+            vec![TurnServer {
+                host,
+                port: m.port,
+                transports: vec![Transport::Udp, Transport::Tcp],
+            }]
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{HealthCheck, TurnPoolSpec};
+
+    fn pool(rotation: Option<i64>, managed: bool) -> TurnPool {
+        let mut p = TurnPool::new(
+            "pool",
+            TurnPoolSpec {
+                servers: (!managed).then(|| {
+                    vec![TurnServer {
+                        host: "turn.example.com".into(),
+                        port: 3478,
+                        transports: vec![Transport::Udp],
+                    }]
+                }),
+                managed: managed.then(|| ManagedTurn {
+                    replicas: 2,
+                    image: "coturn/coturn:4.6".into(),
+                    realm: "example.com".into(),
+                    port: 3478,
+                    service_type: crate::crd::ServiceType::LoadBalancer,
+                    public_host: None,
+                }),
+                credential_ttl_seconds: 600,
+                rotation: rotation.map(|s| crate::crd::Rotation {
+                    interval_seconds: s,
+                }),
+                health_check: HealthCheck::default(),
+                min_healthy_servers: 1,
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some("uid".into());
+        p
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn rotation_schedule_respects_the_ttl() {
+        let p = pool(Some(60), false);
+        assert_eq!(rotation_due(&p, None, at(0)), Some(Rotation::Initial));
+        let s = rotate(&p, None, at(1_000));
+        assert_eq!(s.pair.previous, None);
+        // An interval of 60 s is raised to the 600 s TTL.
+        assert_eq!(next_rotation(&p, &s), Some(at(1_600)));
+        assert_eq!(rotation_due(&p, Some(&s), at(1_599)), None);
+        assert_eq!(
+            rotation_due(&p, Some(&s), at(1_600)),
+            Some(Rotation::Scheduled)
+        );
+        let s2 = rotate(&p, Some(&s), at(1_600));
+        assert_eq!(s2.pair.previous.as_deref(), Some(s.pair.current.as_str()));
+        assert_ne!(s2.pair.current, s.pair.current);
+        // No rotation block: only on demand.
+        assert_eq!(
+            rotation_due(&pool(None, false), Some(&s), at(i64::from(i32::MAX))),
+            None
+        );
+    }
+
+    #[test]
+    fn an_annotation_requests_one_rotation_per_value() {
+        let mut p = pool(None, false);
+        let s = rotate(&p, None, at(0));
+        p.metadata.annotations = Some(BTreeMap::from([(ROTATE_ANNOTATION.into(), "1".into())]));
+        assert_eq!(rotation_due(&p, Some(&s), at(1)), Some(Rotation::Requested));
+        let s2 = rotate(&p, Some(&s), at(1));
+        assert_eq!(s2.handled_request.as_deref(), Some("1"));
+        assert_eq!(rotation_due(&p, Some(&s2), at(2)), None, "handled once");
+    }
+
+    #[test]
+    fn secret_round_trips_and_config_lists_both_secrets() {
+        let p = pool(Some(600), true);
+        let s = rotate(&p, Some(&rotate(&p, None, at(10))), at(700));
+        let secret = secret(&p, &s);
+        assert_eq!(read_secret(&secret), Some(s.clone()));
+        let conf = String::from_utf8(secret.data.as_ref().unwrap()[CONFIG_KEY].0.clone()).unwrap();
+        assert_eq!(conf.matches("static-auth-secret=").count(), 2);
+        assert!(conf.contains("realm=example.com"));
+        assert_eq!(
+            secret.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "TurnPool"
+        );
+        assert_ne!(
+            secret_checksum(&s),
+            secret_checksum(&rotate(&p, Some(&s), at(1_400)))
+        );
+    }
+
+    #[test]
+    fn managed_pool_renders_deployment_service_and_server() {
+        let p = pool(None, true);
+        let m = p.spec.managed.clone().unwrap();
+        let d = coturn_deployment(&p, &m, "abc");
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.containers[0].args.as_ref().unwrap()[1],
+            "/etc/coturn/turnserver.conf"
+        );
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("pool-turn-secret")
+        );
+        let svc = coturn_service(&p, &m).spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(svc.ports.unwrap().len(), 2);
+        assert_eq!(servers(&p)[0].host, "pool-coturn.ns.svc");
+        assert_eq!(servers(&pool(None, false))[0].host, "turn.example.com");
+    }
+}

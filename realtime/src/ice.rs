@@ -1,0 +1,364 @@
+//! ICE servers for calls: the healthy TURN servers with a fresh TURN REST credential for
+//! the asking user, shaped like an RTCConfiguration (`{iceServers, ttl}`).
+//!
+//! Two sources: a static list (`TURN_URLS` + `TURN_SECRET`/`TURN_SECRET_FILE`), or a
+//! TurnPool followed through the Kubernetes API (`TURN_POOL`): the data plane watches the
+//! pool's status (the operator's health probes decide which servers are healthy, ordered
+//! by round-trip time) and its Secret (the current shared secret). A server the operator
+//! marks unhealthy leaves the list as soon as the status changes; no restart is needed.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+use realtime_turn::credentials;
+use realtime_turn::ice::{self, Server};
+use realtime_turn::probe::Transport;
+use serde_json::{Value, json};
+
+use crate::config::TurnConfig;
+use crate::error::{ClientError, ErrorCode};
+
+/// What the data plane currently knows about its TURN servers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    servers: Vec<Server>,
+    secret: Option<String>,
+    ttl: Duration,
+    /// Why there is nothing to hand out, for the error message.
+    problem: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum IceProvider {
+    /// No TURN configured: `call:ice-servers` answers `unavailable`.
+    Disabled,
+    Static {
+        servers: Vec<Server>,
+        secret: Option<String>,
+        secret_file: Option<std::path::PathBuf>,
+        ttl: Duration,
+    },
+    Pool(Arc<RwLock<View>>),
+}
+
+/// Groups `TURN_URLS` entries by host and port.
+pub fn static_servers(urls: &[String]) -> Result<Vec<Server>, String> {
+    let mut servers: Vec<Server> = Vec::new();
+    for url in urls {
+        let (host, port, transport) = ice::parse_url(url)?;
+        match servers
+            .iter_mut()
+            .find(|s| s.host == host && s.port == port)
+        {
+            Some(s) if !s.transports.contains(&transport) => s.transports.push(transport),
+            Some(_) => {}
+            None => servers.push(Server {
+                host,
+                port,
+                transports: vec![transport],
+            }),
+        }
+    }
+    Ok(servers)
+}
+
+/// The healthy servers of a TurnPool status, fastest first.
+fn healthy_servers(status: &Value) -> Vec<Server> {
+    let mut found: Vec<(i64, Server)> = status
+        .get("servers")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter(|s| s.get("healthy").and_then(Value::as_bool) == Some(true))
+                .filter_map(|s| {
+                    let host = s.get("host")?.as_str()?.to_owned();
+                    let port = u16::try_from(s.get("port")?.as_i64()?).ok()?;
+                    let transports: Vec<Transport> = s
+                        .get("transports")
+                        .and_then(Value::as_array)
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|v| v.as_str().and_then(Transport::parse))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let rtt = s
+                        .get("rttMillis")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(i64::MAX);
+                    Some((
+                        rtt,
+                        Server {
+                            host,
+                            port,
+                            transports: if transports.is_empty() {
+                                vec![Transport::Udp]
+                            } else {
+                                transports
+                            },
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(rtt, _)| *rtt);
+    found.into_iter().map(|(_, s)| s).collect()
+}
+
+impl IceProvider {
+    /// Builds the provider; with a pool, starts watching it (and its Secret).
+    pub async fn start(
+        cfg: &TurnConfig,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if let Some(pool) = &cfg.pool {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!("TURN_POOL needs access to the Kubernetes API: {e}")
+            })?;
+            let ns = cfg
+                .pool_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let view = Arc::new(RwLock::new(View {
+                problem: Some(format!("TurnPool {ns}/{pool} not seen yet")),
+                ..View::default()
+            }));
+            tokio::spawn(watch_pool(
+                client.clone(),
+                ns.clone(),
+                pool.clone(),
+                view.clone(),
+                cancel.clone(),
+            ));
+            tokio::spawn(watch_secret(
+                client,
+                ns,
+                format!("{pool}-turn-secret"),
+                view.clone(),
+                cancel,
+            ));
+            return Ok(IceProvider::Pool(view));
+        }
+        if cfg.urls.is_empty() {
+            return Ok(IceProvider::Disabled);
+        }
+        Ok(IceProvider::Static {
+            servers: static_servers(&cfg.urls).map_err(anyhow::Error::msg)?,
+            secret: cfg.secret.clone(),
+            secret_file: cfg.secret_file.clone(),
+            ttl: Duration::from_secs(cfg.credential_ttl.max(60)),
+        })
+    }
+
+    /// `{iceServers: [{urls, username, credential}], ttl}` for `user`, healthy servers only.
+    pub fn configuration(&self, user: &str) -> Result<Value, ClientError> {
+        let unavailable = |why: String| ClientError::new(ErrorCode::Unavailable, why);
+        let (servers, secret, ttl) = match self {
+            IceProvider::Disabled => {
+                return Err(unavailable(
+                    "no TURN servers are configured for this installation".into(),
+                ));
+            }
+            IceProvider::Static {
+                servers,
+                secret,
+                secret_file,
+                ttl,
+            } => {
+                let secret = match (secret, secret_file) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "TURN_SECRET_FILE unreadable");
+                            unavailable("the TURN secret is not readable right now".into())
+                        })?,
+                    (None, None) => return Err(unavailable("no TURN secret configured".into())),
+                };
+                (servers.clone(), secret, *ttl)
+            }
+            IceProvider::Pool(view) => {
+                let v = view
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let Some(secret) = v.secret else {
+                    return Err(unavailable(
+                        v.problem
+                            .unwrap_or_else(|| "the TURN secret is not available yet".into()),
+                    ));
+                };
+                if v.servers.is_empty() {
+                    return Err(unavailable(
+                        v.problem
+                            .unwrap_or_else(|| "no TURN server is healthy right now".into()),
+                    ));
+                }
+                (v.servers, secret, v.ttl)
+            }
+        };
+        let credential = credentials::mint(secret.as_bytes(), user, ttl, credentials::now_unix());
+        let config = ice::configuration(&servers, &credential, ttl.as_secs());
+        Ok(json!({
+            "iceServers": config.ice_servers.iter().map(|s| json!({
+                "urls": s.urls,
+                "username": s.username,
+                "credential": s.credential,
+            })).collect::<Vec<_>>(),
+            "ttl": config.ttl,
+        }))
+    }
+}
+
+async fn watch_pool(
+    client: kube::Client,
+    ns: String,
+    name: String,
+    view: Arc<RwLock<View>>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "realtime.dev",
+        "v1alpha1",
+        "TurnPool",
+    ));
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, config));
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            e = events.next() => e,
+        };
+        let Some(event) = event else { return };
+        let mut v = view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Ok(watcher::Event::Apply(pool) | watcher::Event::InitApply(pool)) => {
+                let status = pool.data.get("status").cloned().unwrap_or(Value::Null);
+                v.servers = healthy_servers(&status);
+                v.ttl = Duration::from_secs(
+                    pool.data
+                        .pointer("/spec/credentialTTLSeconds")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(86_400),
+                );
+                v.problem = v
+                    .servers
+                    .is_empty()
+                    .then(|| format!("no server of TurnPool {ns}/{name} is healthy right now"));
+                tracing::debug!(healthy = v.servers.len(), "TurnPool status changed");
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                v.servers.clear();
+                v.problem = Some(format!("TurnPool {ns}/{name} was deleted"));
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => tracing::warn!(error = %e, "watching the TurnPool failed; retrying"),
+        }
+    }
+}
+
+async fn watch_secret(
+    client: kube::Client,
+    ns: String,
+    name: String,
+    view: Arc<RwLock<View>>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &ns);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, config));
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            e = events.next() => e,
+        };
+        let Some(event) = event else { return };
+        let mut v = view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                v.secret = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("current"))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok());
+            }
+            Ok(watcher::Event::Delete(_)) => v.secret = None,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching the TurnPool Secret failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_urls_group_by_server() {
+        let s = static_servers(&[
+            "turn:127.0.0.1:3478?transport=udp".into(),
+            "turn:127.0.0.1:3478?transport=tcp".into(),
+            "stun:127.0.0.1:3478".into(),
+            "turns:turn.example.com:5349".into(),
+        ])
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].transports, [Transport::Udp, Transport::Tcp]);
+        assert_eq!(s[1].transports, [Transport::Tls]);
+    }
+
+    #[test]
+    fn only_healthy_servers_fastest_first() {
+        let status = json!({"servers": [
+            {"host": "a", "port": 1, "healthy": true, "rttMillis": 30, "transports": ["udp"]},
+            {"host": "b", "port": 2, "healthy": false, "rttMillis": 1, "transports": ["udp"]},
+            {"host": "c", "port": 3, "healthy": true, "rttMillis": 5, "transports": ["udp", "tcp"]},
+        ]});
+        let hosts: Vec<String> = healthy_servers(&status)
+            .into_iter()
+            .map(|s| s.host)
+            .collect();
+        assert_eq!(hosts, ["c", "a"]);
+        assert!(healthy_servers(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn configuration_is_rtc_shaped_with_a_valid_credential() {
+        let p = IceProvider::Static {
+            servers: static_servers(&["turn:127.0.0.1:3478?transport=udp".into()]).unwrap(),
+            secret: Some("s3cret".into()),
+            secret_file: None,
+            ttl: Duration::from_secs(600),
+        };
+        let c = p.configuration("alice").unwrap();
+        assert_eq!(c["ttl"], 600);
+        let server = &c["iceServers"][0];
+        assert_eq!(server["urls"][1], "turn:127.0.0.1:3478?transport=udp");
+        let username = server["username"].as_str().unwrap();
+        assert!(username.ends_with(":alice"));
+        let now = credentials::now_unix();
+        assert_eq!(
+            credentials::verify(
+                &[b"s3cret"],
+                username,
+                server["credential"].as_str().unwrap(),
+                now
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            IceProvider::Disabled.configuration("a").unwrap_err().code,
+            ErrorCode::Unavailable
+        );
+    }
+}
