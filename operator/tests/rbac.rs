@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
-use realtime_operator::crd::RealtimeCluster;
+use realtime_operator::crd::{RealtimeCluster, TurnPool};
 use realtime_operator::metrics::Metrics;
 use realtime_operator::run::{LeaseConfig, run_leader};
 use serde_json::json;
@@ -141,9 +141,36 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
         },
     ));
 
+    // A TurnPool (its Secret, probes and status) and a cluster following it (a Role for
+    // its data plane) exercise every permission the operator uses.
+    let pools: Api<TurnPool> = Api::namespaced(admin.clone(), &ns);
+    let pool: TurnPool = serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": "TurnPool", "metadata": {"name": "edge"},
+        "spec": {"servers": [{"host": "127.0.0.1", "port": 9, "transports": ["udp"]}],
+                 "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1}}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &pool).await.unwrap();
     let clusters: Api<RealtimeCluster> = Api::namespaced(admin.clone(), &ns);
-    let rc = minimal_cluster("chat");
+    let mut rc = minimal_cluster("chat");
+    rc.spec.turn_pool_ref = Some(realtime_operator::crd::LocalRef {
+        name: "edge".into(),
+    });
     clusters.create(&PostParams::default(), &rc).await.unwrap();
+    eventually(
+        "the pool's status written by the operator's identity",
+        60,
+        || async {
+            pools
+                .get("edge")
+                .await
+                .unwrap()
+                .status
+                .filter(|s| s.total_servers == 1)
+        },
+    )
+    .await;
+    assert!(secrets.get_opt("edge-turn-secret").await.unwrap().is_some());
     // Status written means every child was applied with the chart's permissions.
     eventually("status written by the operator's identity", 60, || async {
         clusters
@@ -160,6 +187,21 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             .await
             .unwrap()
             .is_some()
+    );
+    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &ns)
+        .get("chat-turn-reader")
+        .await
+        .unwrap();
+    let names: Vec<String> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.resource_names.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["edge", "edge-turn-secret"],
+        "exactly the pool and its Secret"
     );
 
     stop.send(()).unwrap();

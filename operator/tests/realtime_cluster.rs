@@ -6,98 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{client, eventually, test_namespace};
-use k8s_openapi::ByteString;
+use common::{Env, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams,
 };
-use kube::runtime::events::Reporter;
-use kube::{Client, ResourceExt};
 use realtime_operator::crd::RealtimeCluster;
-use realtime_operator::metrics::Metrics;
 use realtime_operator::render::CHECKSUM_ANNOTATION;
 use serde_json::json;
-
-struct Env {
-    client: Client,
-    ns: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Env {
-    async fn start(prefix: &str) -> Env {
-        let client = client().await;
-        let ns = test_namespace(&client, prefix).await;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let reporter = Reporter {
-            controller: "realtime-operator-test".into(),
-            instance: None,
-        };
-        let task = tokio::spawn(realtime_operator::run::run_controllers(
-            client.clone(),
-            Some(ns.clone()),
-            Metrics::default(),
-            reporter,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Env {
-            client,
-            ns,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn secret(&self, name: &str, key: &str, value: &str) {
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(
-                key.to_owned(),
-                ByteString(value.as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        };
-        self.api::<Secret>()
-            .patch(
-                name,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
-    }
-}
 
 fn example(name: &str) -> RealtimeCluster {
     serde_json::from_value(json!({

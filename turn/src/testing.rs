@@ -39,6 +39,13 @@ fn missing(what: &str) -> std::io::Error {
 impl Coturn {
     /// Starts coturn accepting `secrets` and waits until it answers a Binding request.
     pub async fn start(realm: &str, secrets: &SecretPair) -> std::io::Result<Coturn> {
+        let mut c = Coturn::reserve(realm)?;
+        c.restart(secrets).await?;
+        Ok(c)
+    }
+
+    /// Picks the port without starting anything yet ([`Coturn::restart`] starts it).
+    pub fn reserve(realm: &str) -> std::io::Result<Coturn> {
         let port = free_port()?;
         // A relay range of its own per process, derived from the port.
         let min = 20_000 + (port % 400) * 100;
@@ -52,15 +59,13 @@ impl Coturn {
         };
         let dir = std::env::temp_dir().join(format!("coturn-test-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut c = Coturn {
+        Ok(Coturn {
             port,
             realm: realm.to_owned(),
             dir,
             child: None,
             listen,
-        };
-        c.restart(secrets).await?;
-        Ok(c)
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

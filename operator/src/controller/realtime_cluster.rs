@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -307,6 +308,21 @@ async fn apply_children(
         &render::config_map(rc),
     )
     .await?;
+    if let Some((role, binding)) = render::turn_reader_role(rc) {
+        let role_name = render::turn_reader_name(&name);
+        apply(
+            &Api::<Role>::namespaced(client.clone(), ns),
+            &role_name,
+            &role,
+        )
+        .await?;
+        apply(
+            &Api::<RoleBinding>::namespaced(client.clone(), ns),
+            &role_name,
+            &binding,
+        )
+        .await?;
+    }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     apply(
         &deployments,

@@ -187,12 +187,24 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
             &render::coturn_deployment(pool, managed, &checksum),
         )
         .await?;
-        apply(
+        let service = apply(
             &Api::<Service>::namespaced(client.clone(), &ns),
             &render::coturn_name(&name),
             &render::coturn_service(pool, managed),
         )
-        .await?;
+        .await;
+        match service {
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
+                let hint = if e.message.contains("more than 1 protocol") {
+                    "this API server refuses a LoadBalancer Service carrying both UDP and TCP (Kubernetes before 1.24 without MixedProtocolLBService); set spec.managed.serviceType to NodePort or ClusterIP, or upgrade the cluster"
+                } else {
+                    "fix spec.managed"
+                };
+                let problem = format!("the coturn Service was refused: {}; {hint}", e.message);
+                return stall(pool, ctx, &ns, &current, problem).await;
+            }
+            other => other?,
+        }
     }
     let next_rotation = render::next_rotation(pool, &state);
     let until_rotation = next_rotation
@@ -295,6 +307,50 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     Ok(requeue(
         interval.saturating_sub(probed_at_elapsed(&probed_at)),
     ))
+}
+
+/// Reports a spec the operator cannot act on: `Stalled`, not `Ready`, one Warning Event
+/// per change, and no retry until the pool changes.
+async fn stall(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+    current: &TurnPoolStatus,
+    problem: String,
+) -> Result<Action, Error> {
+    let generation = pool.metadata.generation;
+    let stalled = condition(
+        STALLED,
+        true,
+        REASON_INVALID_SPEC,
+        problem.clone(),
+        generation,
+    );
+    let ready = condition(
+        READY,
+        false,
+        REASON_INVALID_SPEC,
+        problem.clone(),
+        generation,
+    );
+    let status = TurnPoolStatus {
+        conditions: merge_conditions(&current.conditions, vec![ready, stalled], now()),
+        observed_generation: generation,
+        ..current.clone()
+    };
+    if status != *current {
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            REASON_INVALID_SPEC,
+            "Validate",
+            problem,
+        )
+        .await;
+        patch_status(pool, ctx, ns, &status).await?;
+    }
+    Ok(Action::await_change())
 }
 
 fn probed_at_elapsed(t: &Time) -> Duration {

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
     ServiceSpec as K8sServiceSpec,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -95,6 +96,11 @@ pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
             s.delivery.retries.to_string(),
         ),
     ]);
+    if let Some(pool) = &s.turn_pool_ref {
+        // The gateway follows the pool through the API (see `turn_reader_role`).
+        env.insert("TURN_POOL", pool.name.clone());
+        env.insert("TURN_POOL_NAMESPACE", rc.namespace().unwrap_or_default());
+    }
     if let Some(iss) = &s.auth.issuer {
         env.insert("JWT_ISSUER", iss.clone());
     }
@@ -123,6 +129,52 @@ pub fn service_account(rc: &RealtimeCluster) -> ServiceAccount {
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
+}
+
+pub fn turn_reader_name(cluster: &str) -> String {
+    format!("{cluster}-turn-reader")
+}
+
+/// Read access to exactly the referenced TurnPool and its shared-secret Secret, for the
+/// data plane's ServiceAccount; `None` without `spec.turnPoolRef`.
+pub fn turn_reader_role(rc: &RealtimeCluster) -> Option<(Role, RoleBinding)> {
+    let pool = rc.spec.turn_pool_ref.as_ref()?;
+    let name = turn_reader_name(&rc.name_any());
+    let verbs = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    let role = Role {
+        metadata: meta(rc, name.clone(), "data-plane"),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec!["realtime.dev".into()]),
+                resources: Some(vec!["turnpools".into()]),
+                resource_names: Some(vec![pool.name.clone()]),
+                verbs: verbs(),
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["secrets".into()]),
+                resource_names: Some(vec![turn_pool::secret_name(&pool.name)]),
+                verbs: verbs(),
+                ..PolicyRule::default()
+            },
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(rc, name.clone(), "data-plane"),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: rc.name_any(),
+            namespace: rc.namespace(),
+            ..Subject::default()
+        }]),
+    };
+    Some((role, binding))
 }
 
 pub fn config_map(rc: &RealtimeCluster) -> ConfigMap {
@@ -222,7 +274,10 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(false),
+                    // Only a gateway following a TurnPool talks to the API server.
+                    automount_service_account_token: Some(
+                        role == "gateway" && rc.spec.turn_pool_ref.is_some(),
+                    ),
                     // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
                     termination_grace_period_seconds: Some(30),
                     security_context: Some(pod_security(65532)),
@@ -415,5 +470,45 @@ mod tests {
             endpoints(&cluster()).0,
             "http://chat-gateway.ns.svc:443/chat"
         );
+    }
+
+    #[test]
+    fn a_turn_pool_reference_gives_the_gateway_read_access_to_exactly_that_pool() {
+        let plain = cluster();
+        assert!(turn_reader_role(&plain).is_none());
+        assert!(!config_data(&plain).contains_key("TURN_POOL"));
+        let pod = |rc: &RealtimeCluster, role| {
+            deployment(rc, role, "c")
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .automount_service_account_token
+        };
+        assert_eq!(pod(&plain, "gateway"), Some(false));
+
+        let mut rc = cluster();
+        rc.spec.turn_pool_ref = Some(crate::crd::LocalRef {
+            name: "edge".into(),
+        });
+        let env = config_data(&rc);
+        assert_eq!(env["TURN_POOL"], "edge");
+        assert_eq!(env["TURN_POOL_NAMESPACE"], "ns");
+        assert_eq!(pod(&rc, "gateway"), Some(true));
+        assert_eq!(pod(&rc, "persister"), Some(false));
+        let (role, binding) = turn_reader_role(&rc).unwrap();
+        let rules = role.rules.unwrap();
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["edge".to_owned()][..])
+        );
+        assert_eq!(
+            rules[1].resource_names.as_deref(),
+            Some(&["edge-turn-secret".to_owned()][..])
+        );
+        assert!(rules.iter().all(|r| r.verbs == ["get", "list", "watch"]));
+        assert_eq!(binding.subjects.unwrap()[0].name, "chat");
+        assert_eq!(binding.role_ref.name, "chat-turn-reader");
     }
 }

@@ -3,10 +3,16 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
 use kube::{Client, ResourceExt};
 use realtime_operator::crd;
+use realtime_operator::metrics::Metrics;
 
 pub async fn client() -> Client {
     if std::env::var_os("KUBECONFIG").is_none() {
@@ -111,4 +117,80 @@ pub fn minimal_cluster(name: &str) -> realtime_operator::crd::RealtimeCluster {
         }
     }))
     .unwrap()
+}
+
+/// The operator's controllers running in-process, scoped to a fresh namespace.
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    pub async fn start(prefix: &str) -> Env {
+        let client = client().await;
+        let ns = test_namespace(&client, prefix).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let reporter = Reporter {
+            controller: "realtime-operator-test".into(),
+            instance: None,
+        };
+        let task = tokio::spawn(realtime_operator::run::run_controllers(
+            client.clone(),
+            Some(ns.clone()),
+            Metrics::default(),
+            reporter,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Env {
+            client,
+            ns,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn secret(&self, name: &str, key: &str, value: &str) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                key.to_owned(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+    }
 }
