@@ -215,6 +215,43 @@ impl IceProvider {
     }
 }
 
+/// Watches one named object and hands every change to `update` (`None` when deleted),
+/// until cancelled. Watch errors are retried by the watcher with back-off.
+async fn follow<K>(
+    api: Api<K>,
+    name: &str,
+    view: Arc<RwLock<View>>,
+    cancel: tokio_util::sync::CancellationToken,
+    mut update: impl FnMut(&mut View, Option<K>) + Send,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, config));
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            e = events.next() => e,
+        };
+        let Some(event) = event else { return };
+        let change = match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => Some(obj),
+            Ok(watcher::Event::Delete(_)) => None,
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, object = name, "watch failed; retrying");
+                continue;
+            }
+        };
+        update(
+            &mut view
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            change,
+        );
+    }
+}
+
 async fn watch_pool(
     client: kube::Client,
     ns: String,
@@ -228,41 +265,27 @@ async fn watch_pool(
         "TurnPool",
     ));
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api, config));
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => return,
-            e = events.next() => e,
+    follow(api, &name.clone(), view, cancel, |v, pool| {
+        let Some(pool) = pool else {
+            v.servers.clear();
+            v.problem = Some(format!("TurnPool {ns}/{name} was deleted"));
+            return;
         };
-        let Some(event) = event else { return };
-        let mut v = view
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match event {
-            Ok(watcher::Event::Apply(pool) | watcher::Event::InitApply(pool)) => {
-                let status = pool.data.get("status").cloned().unwrap_or(Value::Null);
-                v.servers = healthy_servers(&status);
-                v.ttl = Duration::from_secs(
-                    pool.data
-                        .pointer("/spec/credentialTTLSeconds")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(86_400),
-                );
-                v.problem = v
-                    .servers
-                    .is_empty()
-                    .then(|| format!("no server of TurnPool {ns}/{name} is healthy right now"));
-                tracing::debug!(healthy = v.servers.len(), "TurnPool status changed");
-            }
-            Ok(watcher::Event::Delete(_)) => {
-                v.servers.clear();
-                v.problem = Some(format!("TurnPool {ns}/{name} was deleted"));
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-            Err(e) => tracing::warn!(error = %e, "watching the TurnPool failed; retrying"),
-        }
-    }
+        let status = pool.data.get("status").cloned().unwrap_or(Value::Null);
+        v.servers = healthy_servers(&status);
+        v.ttl = Duration::from_secs(
+            pool.data
+                .pointer("/spec/credentialTTLSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(86_400),
+        );
+        v.problem = v
+            .servers
+            .is_empty()
+            .then(|| format!("no server of TurnPool {ns}/{name} is healthy right now"));
+        tracing::debug!(healthy = v.servers.len(), "TurnPool status changed");
+    })
+    .await;
 }
 
 async fn watch_secret(
@@ -273,30 +296,13 @@ async fn watch_secret(
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &ns);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api, config));
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => return,
-            e = events.next() => e,
-        };
-        let Some(event) = event else { return };
-        let mut v = view
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match event {
-            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
-                v.secret = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("current"))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok());
-            }
-            Ok(watcher::Event::Delete(_)) => v.secret = None,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watching the TurnPool Secret failed; retrying"),
-        }
-    }
+    follow(api, &name, view, cancel, |v, secret| {
+        v.secret = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("current").cloned())
+            .and_then(|b| String::from_utf8(b.0).ok());
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -105,6 +105,56 @@ fn jitter_fraction(key: &str, attempt: u32) -> f64 {
     (h % 1000) as f64 / 1000.0
 }
 
+/// `namespace/name`, the key of per-object state (back-off, probe times) and of log lines.
+pub fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs one reconcile with its metrics, and forgets the object's failures when it works.
+pub async fn instrumented(
+    ctx: &Context,
+    kind: &'static str,
+    key: &str,
+    run: impl Future<Output = Result<kube::runtime::controller::Action, Error>>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    let started = std::time::Instant::now();
+    let label = crate::metrics::KindLabel { kind };
+    ctx.metrics.reconciliations.get_or_create(&label).inc();
+    let result = run.await;
+    ctx.metrics
+        .duration
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(key);
+    }
+    result
+}
+
+/// The error policy of every controller: count, log, and retry after the object's
+/// back-off.
+pub fn retry_later(
+    ctx: &Context,
+    kind: &'static str,
+    key: &str,
+    error: &Error,
+) -> kube::runtime::controller::Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&crate::metrics::ErrorLabel {
+            kind,
+            category: error.category(),
+        })
+        .inc();
+    let delay = ctx.failed(key);
+    tracing::warn!(kind, object = %key, category = error.category(), ?delay, "reconcile failed: {error}");
+    kube::runtime::controller::Action::requeue(delay)
+}
+
 /// Server-side applies `obj` with the operator's field manager.
 pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<(), Error>
 where

@@ -6,7 +6,7 @@
 //! the pods. Nothing secret is logged, put in status or in an Event.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
@@ -19,13 +19,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Context, Error, MANAGER, apply, publish};
+use super::{Context, Error, MANAGER, apply, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
 use crate::crd::{
     ComponentStatus, Endpoints, RealtimeCluster, RealtimeClusterStatus, TurnPool, condition,
     merge_conditions,
 };
-use crate::metrics::{ErrorLabel, KindLabel};
 use crate::render;
 
 const KIND: &str = "RealtimeCluster";
@@ -39,37 +38,11 @@ enum References {
 }
 
 pub async fn reconcile(rc: Arc<RealtimeCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics
-        .reconciliations
-        .get_or_create(&KindLabel { kind: KIND })
-        .inc();
-    let result = reconcile_inner(&rc, &ctx).await;
-    ctx.metrics
-        .duration
-        .get_or_create(&KindLabel { kind: KIND })
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&key(&rc));
-    }
-    result
+    instrumented(&ctx, KIND, &object_key(&*rc), reconcile_inner(&rc, &ctx)).await
 }
 
 pub fn error_policy(rc: Arc<RealtimeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&ErrorLabel {
-            kind: KIND,
-            category: error.category(),
-        })
-        .inc();
-    let delay = ctx.failed(&key(&rc));
-    tracing::warn!(cluster = %key(&rc), category = error.category(), ?delay, "reconcile failed: {error}");
-    Action::requeue(delay)
-}
-
-fn key(rc: &RealtimeCluster) -> String {
-    format!("{}/{}", rc.namespace().unwrap_or_default(), rc.name_any())
+    retry_later(&ctx, KIND, &object_key(&*rc), error)
 }
 
 async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, Error> {

@@ -8,7 +8,7 @@
 //! No secret material reaches status, Events or logs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,10 +24,10 @@ use realtime_turn::health::{Health, Thresholds};
 use realtime_turn::probe::{self, Report};
 use serde_json::json;
 
-use super::{Context, Error, MANAGER, apply, publish};
+use super::{Context, Error, MANAGER, apply, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
 use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
-use crate::metrics::{ErrorLabel, KindLabel, ResultLabel};
+use crate::metrics::ResultLabel;
 use crate::render::turn_pool as render;
 
 const KIND: &str = "TurnPool";
@@ -36,41 +36,17 @@ pub const PROBE_USER: &str = "realtime-operator-probe";
 const PROBE_CREDENTIAL_TTL: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(pool: Arc<TurnPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics
-        .reconciliations
-        .get_or_create(&KindLabel { kind: KIND })
-        .inc();
-    let result = reconcile_inner(&pool, &ctx).await;
-    ctx.metrics
-        .duration
-        .get_or_create(&KindLabel { kind: KIND })
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&key(&pool));
-    }
-    result
+    instrumented(
+        &ctx,
+        KIND,
+        &object_key(&*pool),
+        reconcile_inner(&pool, &ctx),
+    )
+    .await
 }
 
 pub fn error_policy(pool: Arc<TurnPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&ErrorLabel {
-            kind: KIND,
-            category: error.category(),
-        })
-        .inc();
-    let delay = ctx.failed(&key(&pool));
-    tracing::warn!(pool = %key(&pool), category = error.category(), ?delay, "reconcile failed: {error}");
-    Action::requeue(delay)
-}
-
-fn key(pool: &TurnPool) -> String {
-    format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    )
+    retry_later(&ctx, KIND, &object_key(&*pool), error)
 }
 
 /// What is wrong with the spec that the schema cannot say (or that 1.20 does not check).
@@ -109,38 +85,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     let client = &ctx.client;
 
     if let Some(problem) = invalid(pool) {
-        let stalled = condition(
-            STALLED,
-            true,
-            REASON_INVALID_SPEC,
-            problem.clone(),
-            generation,
-        );
-        let ready = condition(
-            READY,
-            false,
-            REASON_INVALID_SPEC,
-            problem.clone(),
-            generation,
-        );
-        let status = TurnPoolStatus {
-            conditions: merge_conditions(&current.conditions, vec![ready, stalled], now()),
-            observed_generation: generation,
-            ..current.clone()
-        };
-        if status != current {
-            publish(
-                ctx,
-                pool,
-                EventType::Warning,
-                REASON_INVALID_SPEC,
-                "Validate",
-                problem,
-            )
-            .await;
-            patch_status(pool, ctx, &ns, &status).await?;
-        }
-        return Ok(Action::await_change());
+        return stall(pool, ctx, &ns, &current, problem).await;
     }
 
     // The secret, rotated when due.
@@ -219,11 +164,11 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
 
     // Probes, once per interval (a status write wakes the controller; it must not probe).
     let interval = seconds(pool.spec.health_check.interval_seconds);
-    let wait = ctx.probe_wait(&key(pool), generation, interval);
+    let wait = ctx.probe_wait(&object_key(pool), generation, interval);
     if due.is_none() && !wait.is_zero() {
         return Ok(requeue(wait));
     }
-    ctx.probed(&key(pool), generation);
+    ctx.probed(&object_key(pool), generation);
     let timeout = seconds(pool.spec.health_check.timeout_seconds);
     let credential = credentials::mint(
         state.pair.current.as_bytes(),
