@@ -21,6 +21,7 @@ use realtime_operator::render::turn_pool::{
     CONFIG_KEY, CURRENT_KEY, PREVIOUS_KEY, ROTATE_ANNOTATION,
 };
 use realtime_turn::coturn::SecretPair;
+use realtime_turn::probe;
 use realtime_turn::testing::Coturn;
 use serde_json::json;
 
@@ -325,14 +326,19 @@ impl Gateway {
         Gateway { child, url, token }
     }
 
-    /// Ports of the TURN servers the gateway hands out now (empty when it answers 503).
-    async fn ice_ports(&self) -> Option<Vec<u16>> {
+    /// The gateway's answer to `GET /v1/ice-servers` (status, body).
+    async fn ice(&self) -> Option<(u16, serde_json::Value)> {
         let (status, body) =
             http_get(&format!("{}/v1/ice-servers", self.url), Some(&self.token)).await?;
+        Some((status, serde_json::from_str(&body).ok()?))
+    }
+
+    /// Ports of the TURN servers the gateway hands out now (empty when it answers 503).
+    async fn ice_ports(&self) -> Option<Vec<u16>> {
+        let (status, body) = self.ice().await?;
         if status == 503 {
             return Some(Vec::new());
         }
-        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
         Some(
             body["iceServers"]
                 .as_array()?
@@ -422,6 +428,63 @@ async fn a_failed_server_leaves_the_ice_list_within_the_bound_and_returns() {
             .iter()
             .all(|s| s.rtt_millis.is_some())
     );
+
+    // A rotation: the servers have not reloaded (they accept only the first secret), so for
+    // the signing grace the gateway keeps signing with the previous secret and the probes
+    // keep passing.
+    env.api::<TurnPool>()
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "now"}}})),
+        )
+        .await
+        .unwrap();
+    let rotated = eventually("the rotated secret", 20, || async {
+        let p = secret_pair(&env, "edge").await;
+        (p.current != pair.current).then_some(p)
+    })
+    .await;
+    assert_eq!(rotated.previous.as_deref(), Some(pair.current.as_str()));
+    // The gateway's watch sees the Secret within milliseconds; give it a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = gateway.ice().await.unwrap();
+    assert_eq!(status, 200);
+    let server = &body["iceServers"][0];
+    let (user, pass) = (
+        server["username"].as_str().unwrap(),
+        server["credential"].as_str().unwrap(),
+    );
+    let now = realtime_turn::credentials::now_unix();
+    let verify =
+        |secret: &str| realtime_turn::credentials::verify(&[secret.as_bytes()], user, pass, now);
+    assert_eq!(
+        verify(&pair.current),
+        Ok(()),
+        "within the grace, new credentials use the previous secret"
+    );
+    assert!(verify(&rotated.current).is_err());
+    probe::allocate(
+        servers[0].addr(),
+        probe::Transport::Udp,
+        user,
+        pass,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("a server that has not reloaded yet accepts what clients get");
+    tokio::time::sleep(Duration::from_millis(2 * interval * 1000 + 500)).await;
+    let pool = env.api::<TurnPool>().get("edge").await.unwrap();
+    assert_eq!(
+        pool.status.unwrap().healthy_servers,
+        3,
+        "probes sign like clients: still healthy"
+    );
+    // The servers reload the rotated Secret.
+    let pair = rotated;
+    for c in &mut servers {
+        c.restart(&pair).await.unwrap();
+    }
 
     // Kill one: it must leave the ICE list within failureThreshold × interval + 1 s.
     let bound = Duration::from_secs(failures * interval + 1);

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
+use realtime_turn::coturn::SecretPair;
 use realtime_turn::credentials;
 use realtime_turn::ice::{self, Server};
 use realtime_turn::probe::Transport;
@@ -26,7 +27,9 @@ use crate::error::{ClientError, ErrorCode};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     servers: Vec<Server>,
-    secret: Option<String>,
+    secret: Option<SecretPair>,
+    /// When the pool's secret was last rotated (seconds since the epoch).
+    rotated_at: u64,
     ttl: Duration,
     /// Why there is nothing to hand out, for the error message.
     problem: Option<String>,
@@ -187,12 +190,17 @@ impl IceProvider {
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
-                let Some(secret) = v.secret else {
+                let Some(pair) = &v.secret else {
                     return Err(unavailable(
                         v.problem
                             .unwrap_or_else(|| "the TURN secret is not available yet".into()),
                     ));
                 };
+                // Right after a rotation, the previous secret (servers may still be
+                // picking up the new one).
+                let secret = pair
+                    .signing(v.rotated_at, credentials::now_unix())
+                    .to_owned();
                 if v.servers.is_empty() {
                     return Err(unavailable(
                         v.problem
@@ -297,10 +305,25 @@ async fn watch_secret(
 ) {
     let api: Api<Secret> = Api::namespaced(client, &ns);
     follow(api, &name, view, cancel, |v, secret| {
-        v.secret = secret
-            .and_then(|s| s.data)
-            .and_then(|d| d.get("current").cloned())
-            .and_then(|b| String::from_utf8(b.0).ok());
+        let text = |s: &Secret, key: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|t| !t.is_empty())
+        };
+        v.secret = secret.as_ref().and_then(|s| {
+            Some(SecretPair {
+                current: text(s, "current")?,
+                previous: text(s, "previous"),
+            })
+        });
+        v.rotated_at = secret
+            .as_ref()
+            .and_then(|s| s.metadata.annotations.as_ref())
+            .and_then(|a| a.get("realtime.dev/rotated-at"))
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
     })
     .await;
 }

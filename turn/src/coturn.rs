@@ -7,6 +7,11 @@
 
 use std::fmt::Write;
 
+/// How long after a rotation credentials are still signed with the previous secret: time
+/// for every server to pick up the new one (managed pods roll, external servers reload)
+/// before any client presents a credential signed with it.
+pub const SIGNING_GRACE_SECONDS: u64 = 120;
+
 /// The current and the previous shared secret of a pool.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretPair {
@@ -45,6 +50,18 @@ impl SecretPair {
         Self {
             current: next,
             previous: Some(self.current.clone()),
+        }
+    }
+
+    /// The secret to sign new credentials with, `now_unix` seconds after a rotation at
+    /// `rotated_at_unix`: the previous one during [`SIGNING_GRACE_SECONDS`] (servers may not
+    /// accept the new one yet), the current one after.
+    pub fn signing(&self, rotated_at_unix: u64, now_unix: u64) -> &str {
+        match &self.previous {
+            Some(previous) if now_unix < rotated_at_unix.saturating_add(SIGNING_GRACE_SECONDS) => {
+                previous
+            }
+            _ => &self.current,
         }
     }
 
@@ -124,6 +141,16 @@ mod tests {
         );
         assert_ne!(SecretPair::generate(), SecretPair::generate());
         assert_eq!(SecretPair::generate().len(), 43);
+    }
+
+    #[test]
+    fn new_credentials_use_the_previous_secret_until_servers_had_time_to_reload() {
+        let p = SecretPair::new("a".into());
+        assert_eq!(p.signing(1_000, 1_000), "a", "nothing else to sign with");
+        let p = p.rotated("b".into());
+        assert_eq!(p.signing(1_000, 1_000), "a");
+        assert_eq!(p.signing(1_000, 1_000 + SIGNING_GRACE_SECONDS - 1), "a");
+        assert_eq!(p.signing(1_000, 1_000 + SIGNING_GRACE_SECONDS), "b");
     }
 
     #[test]

@@ -170,8 +170,9 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     }
     ctx.probed(&object_key(pool), generation);
     let timeout = seconds(pool.spec.health_check.timeout_seconds);
+    // Signed like the credentials clients get now, so a probe fails exactly when they would.
     let credential = credentials::mint(
-        state.pair.current.as_bytes(),
+        render::signing_secret(&state, Timestamp::now()).as_bytes(),
         PROBE_USER,
         PROBE_CREDENTIAL_TTL,
         credentials::now_unix(),

@@ -135,8 +135,10 @@ fn default_turn_image() -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotation {
-    /// Seconds between rotations. An interval shorter than `credentialTTLSeconds` is
-    /// raised to it, so that the previous secret covers every credential still valid.
+    /// Seconds between rotations. An interval shorter than `credentialTTLSeconds` + 120 s
+    /// is raised to it, so that the previous secret covers every credential still valid
+    /// (for 120 s after a rotation new credentials are still signed with the previous
+    /// secret, while servers pick up the new one).
     /// Annotate the pool with `realtime.dev/rotate=<any new value>` to rotate at once.
     #[schemars(range(min = 60))]
     pub interval_seconds: i64,

@@ -89,12 +89,26 @@ pub enum Rotation {
     Requested,
 }
 
-/// Time between scheduled rotations: the interval, raised to the credential TTL.
+/// Time between scheduled rotations: the interval, raised to the credential TTL plus the
+/// signing grace. Credentials signed with a secret are issued until `grace` after the next
+/// rotation and live `ttl`; the secret is retired one period after that rotation, so the
+/// period must cover both.
 pub fn rotation_period(pool: &TurnPool) -> Option<Duration> {
-    let ttl = pool.spec.credential_ttl_seconds.max(0);
-    pool.spec.rotation.as_ref().map(|r| {
-        Duration::from_secs(u64::try_from(r.interval_seconds.max(ttl)).unwrap_or(u64::MAX))
-    })
+    let floor = u64::try_from(pool.spec.credential_ttl_seconds.max(0))
+        .unwrap_or(0)
+        .saturating_add(coturn::SIGNING_GRACE_SECONDS);
+    pool.spec
+        .rotation
+        .as_ref()
+        .map(|r| Duration::from_secs(u64::try_from(r.interval_seconds).unwrap_or(0).max(floor)))
+}
+
+/// The secret to sign new credentials with now (see [`SecretPair::signing`]).
+pub fn signing_secret(state: &SecretState, now: Timestamp) -> &str {
+    state.pair.signing(
+        u64::try_from(state.rotated_at.as_second()).unwrap_or(0),
+        u64::try_from(now.as_second()).unwrap_or(0),
+    )
 }
 
 pub fn next_rotation(pool: &TurnPool, state: &SecretState) -> Option<Timestamp> {
@@ -373,16 +387,24 @@ mod tests {
         assert_eq!(rotation_due(&p, None, at(0)), Some(Rotation::Initial));
         let s = rotate(&p, None, at(1_000));
         assert_eq!(s.pair.previous, None);
-        // An interval of 60 s is raised to the 600 s TTL.
-        assert_eq!(next_rotation(&p, &s), Some(at(1_600)));
-        assert_eq!(rotation_due(&p, Some(&s), at(1_599)), None);
+        // An interval of 60 s is raised to the 600 s TTL plus the 120 s signing grace.
+        assert_eq!(next_rotation(&p, &s), Some(at(1_720)));
+        assert_eq!(rotation_due(&p, Some(&s), at(1_719)), None);
         assert_eq!(
-            rotation_due(&p, Some(&s), at(1_600)),
+            rotation_due(&p, Some(&s), at(1_720)),
             Some(Rotation::Scheduled)
         );
-        let s2 = rotate(&p, Some(&s), at(1_600));
+        let s2 = rotate(&p, Some(&s), at(1_720));
         assert_eq!(s2.pair.previous.as_deref(), Some(s.pair.current.as_str()));
         assert_ne!(s2.pair.current, s.pair.current);
+        // Right after the rotation new credentials are still signed with the old secret.
+        assert_eq!(signing_secret(&s2, at(1_720)), s.pair.current);
+        assert_eq!(signing_secret(&s2, at(1_840)), s2.pair.current);
+        // A longer interval is kept as it is.
+        assert_eq!(
+            rotation_period(&pool(Some(7_200), false)),
+            Some(Duration::from_secs(7_200))
+        );
         // No rotation block: only on demand.
         assert_eq!(
             rotation_due(&pool(None, false), Some(&s), at(i64::from(i32::MAX))),
