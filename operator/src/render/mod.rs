@@ -255,8 +255,30 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
         security_context: Some(locked_down(true)),
         ..Container::default()
     };
+    let pod = PodSpec {
+        service_account_name: Some(name.clone()),
+        // Only a gateway following a TurnPool talks to the API server.
+        automount_service_account_token: Some(role == "gateway" && rc.spec.turn_pool_ref.is_some()),
+        // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
+        termination_grace_period_seconds: Some(30),
+        security_context: Some(pod_security(65532)),
+        containers: vec![container],
+        ..PodSpec::default()
+    };
+    checksummed_deployment(meta(rc, dep_name, role), replicas, selector, checksum, pod)
+}
+
+/// A Deployment of `replicas` pods selected by `selector`, whose template carries the
+/// configuration checksum (a changed checksum rolls the pods).
+pub fn checksummed_deployment(
+    metadata: ObjectMeta,
+    replicas: i32,
+    selector: BTreeMap<String, String>,
+    checksum: &str,
+    pod: PodSpec,
+) -> Deployment {
     Deployment {
-        metadata: meta(rc, dep_name, role),
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
@@ -272,18 +294,7 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
-                    // Only a gateway following a TurnPool talks to the API server.
-                    automount_service_account_token: Some(
-                        role == "gateway" && rc.spec.turn_pool_ref.is_some(),
-                    ),
-                    // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
-                    termination_grace_period_seconds: Some(30),
-                    security_context: Some(pod_security(65532)),
-                    containers: vec![container],
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         }),

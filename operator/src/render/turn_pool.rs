@@ -11,19 +11,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, KeyToPath, PodSpec, Secret, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
 use realtime_turn::coturn::{self, Listen, SecretPair};
 use sha2::{Digest, Sha256};
 
-use super::{CHECKSUM_ANNOTATION, locked_down, pod_security, service_type};
+use super::{checksummed_deployment, locked_down, pod_security, service_type};
 use crate::crd::{ManagedTurn, Transport, TurnPool, TurnServer, labels};
 
 /// On the pool: set to a new value to rotate the secret at once.
@@ -247,47 +247,32 @@ pub fn coturn_deployment(pool: &TurnPool, managed: &ManagedTurn, checksum: &str)
         security_context: Some(locked_down(false)),
         ..Container::default()
     };
-    Deployment {
-        metadata: meta(pool, coturn_name(&name), "coturn"),
-        spec: Some(DeploymentSpec {
-            replicas: Some(managed.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector),
-                    annotations: Some(BTreeMap::from([(
-                        CHECKSUM_ANNOTATION.to_owned(),
-                        checksum.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    security_context: Some(pod_security(65534)),
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(secret_name(&name)),
-                            items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                                key: CONFIG_KEY.into(),
-                                path: CONFIG_KEY.into(),
-                                ..Default::default()
-                            }]),
-                            ..SecretVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    }
+    let pod = PodSpec {
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security(65534)),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "config".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name(&name)),
+                items: Some(vec![KeyToPath {
+                    key: CONFIG_KEY.into(),
+                    path: CONFIG_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    checksummed_deployment(
+        meta(pool, coturn_name(&name), "coturn"),
+        managed.replicas,
+        selector,
+        checksum,
+        pod,
+    )
 }
 
 pub fn coturn_service(pool: &TurnPool, managed: &ManagedTurn) -> Service {

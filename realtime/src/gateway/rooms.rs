@@ -20,6 +20,17 @@ pub(super) fn register<A: Adapter>(s: &SocketRef<A>) {
     s.on("messages:recover", on_recover::<A>);
 }
 
+/// The caller and the `{conversationId}` payload of a room event.
+fn room_request<A: Adapter>(
+    s: &SocketRef<A>,
+    event: &str,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(crate::auth::Identity, RoomRequest), ClientError> {
+    let id = identity(s)?;
+    let req = RoomRequest::parse(event, payload(data).as_ref())?;
+    Ok((id, req))
+}
+
 /// Sends the room's online list to everyone in it, on every gateway.
 pub(super) async fn announce_presence<A: Adapter>(
     s: &SocketRef<A>,
@@ -43,8 +54,7 @@ async fn on_join<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
-        let req = RoomRequest::parse("room:join", payload(data).as_ref())?;
+        let (id, req) = room_request(&s, "room:join", data)?;
         let conversation = &req.conversation_id;
         let access = gw.member(&id, conversation).await?;
         s.join(keys::conversation_room(&id.tenant_id, conversation));
@@ -82,8 +92,7 @@ async fn on_leave<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
-        let req = RoomRequest::parse("room:leave", payload(data).as_ref())?;
+        let (id, req) = room_request(&s, "room:leave", data)?;
         s.leave(keys::conversation_room(&id.tenant_id, &req.conversation_id));
         leave_room(&s, &gw, &id.tenant_id, &req.conversation_id, &id.user_id).await;
         Ok(json!({"conversationId": req.conversation_id}))
@@ -128,8 +137,7 @@ async fn on_presence<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
-        let req = RoomRequest::parse("presence:get", payload(data).as_ref())?;
+        let (id, req) = room_request(&s, "presence:get", data)?;
         gw.member(&id, &req.conversation_id).await?;
         let online = gw
             .rooms
@@ -149,8 +157,7 @@ async fn on_typing<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
-        let req = RoomRequest::parse("typing", payload(data).as_ref())?;
+        let (id, req) = room_request(&s, "typing", data)?;
         let conversation = &req.conversation_id;
         require_joined(&s, &id, conversation, "typing in it")?;
         let cfg = &gw.cfg.rooms;
