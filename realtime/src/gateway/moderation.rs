@@ -103,19 +103,18 @@ impl Gateway {
         self.authority(&actor, conversation, target, action).await?;
 
         let now = now_ms();
-        let entry = LogEntry {
+        let mut entry = LogEntry::new(
             tenant,
             conversation,
-            action: action.name(),
-            user: target,
-            by: &actor.user_id,
-            reason: req.reason.as_deref(),
-            role: None,
-            expires_at_ms: req
-                .duration_seconds
-                .map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX / 1000) * 1000)),
-            at_ms: now,
-        };
+            action.name(),
+            target,
+            &actor.user_id,
+            now,
+        );
+        entry.reason = req.reason.as_deref();
+        entry.expires_at_ms = req
+            .duration_seconds
+            .map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX / 1000) * 1000));
         let stored = match action {
             Action::Ban => self.store.restrict(RestrictionKind::Ban, &entry).await,
             Action::Mute => self.store.restrict(RestrictionKind::Mute, &entry).await,
@@ -180,18 +179,15 @@ impl Gateway {
                 format!("{target} left conversation {conversation}"),
             ));
         }
-        let now = now_ms();
-        let entry = LogEntry {
+        let mut entry = LogEntry::new(
             tenant,
             conversation,
-            action: action.name(),
-            user: target,
-            by: &actor.user_id,
-            reason: None,
-            role: Some(req.role),
-            expires_at_ms: None,
-            at_ms: now,
-        };
+            action.name(),
+            target,
+            &actor.user_id,
+            now_ms(),
+        );
+        entry.role = Some(req.role);
         self.record(&entry).await?;
         self.rooms
             .set_role(tenant, conversation, target, req.role)

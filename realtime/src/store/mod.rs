@@ -87,26 +87,6 @@ impl Store {
         Ok(())
     }
 
-    /// True when `user` is a participant of the tenant's conversation. A conversation of
-    /// another tenant is indistinguishable from a missing one.
-    pub async fn is_participant(
-        &self,
-        tenant: &str,
-        conversation: &str,
-        user: &str,
-    ) -> Result<bool> {
-        let found = self
-            .conversations()
-            .find_one(doc! {
-                "tenant_id": tenant,
-                "conversation_id": conversation,
-                "participants.user_id": user,
-            })
-            .projection(doc! {"_id": 1})
-            .await?;
-        Ok(found.is_some())
-    }
-
     /// Highest stored sequence number of a conversation (0 when it has no messages).
     pub async fn max_seq(&self, tenant: &str, conversation: &str) -> Result<u64> {
         let last = self

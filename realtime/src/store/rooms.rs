@@ -48,13 +48,38 @@ pub struct LogEntry<'a> {
     pub at_ms: i64,
 }
 
+impl<'a> LogEntry<'a> {
+    /// An action by `by` against `user`, now; reason, role and expiry are set after.
+    pub fn new(
+        tenant: &'a str,
+        conversation: &'a str,
+        action: &'static str,
+        user: &'a str,
+        by: &'a str,
+        at_ms: i64,
+    ) -> Self {
+        Self {
+            tenant,
+            conversation,
+            action,
+            user,
+            by,
+            reason: None,
+            role: None,
+            expires_at_ms: None,
+            at_ms,
+        }
+    }
+}
+
 impl Store {
     fn moderation_log(&self) -> Collection<Document> {
         self.db.collection(MODERATION_LOG)
     }
 
     /// The user's role, ban and mute in the tenant's conversation; `None` when the user
-    /// is not a participant.
+    /// is not a participant. A conversation of another tenant is indistinguishable from a
+    /// missing one.
     pub async fn access(
         &self,
         tenant: &str,
