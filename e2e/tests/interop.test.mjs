@@ -51,13 +51,14 @@ test("a tenant app chats through the official client", async () => {
   assert.equal(alice.received("message:new").length, 0, "the sender gets an ack, not its own broadcast");
 
   const [persisted] = await h.waitFor(() => alice.received("message:persisted").length && alice.received("message:persisted"), { what: "message:persisted" });
-  assert.deepEqual(persisted, { messageId: ack.messageId, conversationId: "general", seq: 1 });
+  assert.deepEqual(persisted, { messageId: ack.messageId, conversationId: "general", seq: 1, clientMessageId: "c-1" });
 
   // Resending with the same idempotency key returns the same id and stores nothing new.
   const again = await alice.emitWithAck("message:send", { conversationId: "general", clientMessageId: "c-1", content: h.text("hello bob") });
   assert.equal(again.messageId, ack.messageId);
   assert.equal(again.seq, 1);
   assert.equal(again.duplicate, true);
+  assert.equal(again.status, "persisted", "a resend learns the outcome");
 
   for (let i = 2; i <= 5; i++) {
     const r = await bob.emitWithAck("message:send", { conversationId: "general", clientMessageId: `b-${i}`, content: h.text(`m${i}`) });

@@ -12,8 +12,9 @@ use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
+use crate::chat::delivery::Delivery;
 use crate::config::Config;
-use crate::delivery::PendingStore;
+use crate::delivery::{Ledger, Timing};
 use crate::gateway::{self, Gateway};
 use crate::http::{self, Probes};
 use crate::metrics::Metrics;
@@ -36,8 +37,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let redis = redis::aio::ConnectionManager::new(redis_client.clone())
         .await
         .context("cannot reach Redis at REDIS_URL")?;
-    let store = Store::connect(&cfg.mongodb.uri, &cfg.mongodb.database)
-        .await
+    let store = Store::connect(
+        &cfg.mongodb.uri,
+        &cfg.mongodb.database,
+        &cfg.mongodb.write_concern,
+        cfg.mongodb.write_timeout_ms,
+    )
+    .await
         .context("MONGODB_URI is not a valid MongoDB connection string")?;
     store
         .ping()
@@ -52,7 +58,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.kafka.create_topics {
         kafka::ensure_topics(
             &cfg.kafka,
-            &[&cfg.kafka.message_topic, &cfg.kafka.persistence_topic],
+            &[
+                &cfg.kafka.message_topic,
+                &cfg.kafka.persistence_topic,
+                &cfg.kafka.dead_letter_topic,
+            ],
         )
         .await
         .context("cannot create Kafka topics at KAFKA_BROKERS")?;
@@ -72,18 +82,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.role.runs_gateway() {
         let verifier =
             Verifier::from_config(&cfg.auth).context("JWT_SECRET is required for the gateway")?;
+        let sequencer = Sequencer::new(
+            redis.clone(),
+            store.clone(),
+            cfg.delivery.sequence_repair_gap,
+        );
+        let recent = RecentMessages::new(
+            redis.clone(),
+            cfg.rooms.recovery_window,
+            cfg.room_state_ttl(),
+        );
+        let delivery = Delivery {
+            ledger: Ledger::new(redis.clone(), delivery_timing(&cfg)),
+            sequencer: sequencer.clone(),
+            producer: producer.clone(),
+            store: store.clone(),
+            recent: recent.clone(),
+            metrics: metrics.clone(),
+            installation: cfg.kafka.group_prefix.clone(),
+            topic: cfg.kafka.message_topic.clone(),
+        };
         let gw = Arc::new(Gateway {
             verifier,
             store: store.clone(),
             redis: redis.clone(),
-            producer: producer.clone(),
             rate: RateLimiter::new(redis.clone(), cfg.limits.rate_per_second, cfg.limits.burst),
-            sequencer: Sequencer::new(redis.clone(), store.clone()),
-            pending: PendingStore::new(
-                redis.clone(),
-                cfg.confirmation_timeout(),
-                cfg.delivery.retries,
-            ),
+            sequencer,
+            delivery,
             metrics: metrics.clone(),
             access: AccessCache::new(redis.clone(), store.clone(), cfg.room_authz_cache_ttl),
             rooms: RoomState::new(
@@ -92,11 +117,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.room_state_ttl(),
                 Duration::from_millis(cfg.rooms.presence_heartbeat_ms),
             ),
-            recent: RecentMessages::new(
-                redis.clone(),
-                cfg.rooms.recovery_window,
-                cfg.room_state_ttl(),
-            ),
+            recent,
             ice: crate::ice::IceProvider::start(&cfg.turn, cancel.clone()).await?,
             cfg: cfg.clone(),
         });
@@ -188,14 +209,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(result = ?res, "a worker stopped unexpectedly; shutting down");
         }
     }
-    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    if let Some(io) = io_handle {
-        // Disconnecting sockets lets clients reconnect to another gateway at once.
-        if tokio::time::timeout(grace, io.close()).await.is_err() {
-            tracing::warn!("closing sockets took longer than the grace period");
-        }
-    }
-    stop.cancel();
+    // One deadline for the whole drain, so the sum of the steps stays within the grace
+    // period (Kubernetes kills the pod after its own, 30 s by default).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_grace_seconds);
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    // Workers first: the persister finishes and commits its batch, the confirmation
+    // consumer and the sweeper finish what they hold and emit it while the sockets are
+    // still open.
     cancel.cancel();
     let drain = async {
         while let Some(res) = tasks.join_next().await {
@@ -204,20 +224,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout(left(), drain).await.is_err() {
         tracing::warn!("workers did not stop within the grace period");
     }
+    if let Some(io) = io_handle {
+        // Disconnecting sockets lets clients reconnect to another gateway at once.
+        if tokio::time::timeout(left(), io.close()).await.is_err() {
+            tracing::warn!("closing sockets took longer than the grace period");
+        }
+    }
+    stop.cancel();
+    let flush_for = left();
     let flushed = tokio::task::spawn_blocking(move || {
         use rdkafka::producer::Producer;
-        producer.flush(grace)
-    })
-    .await;
-    if !matches!(flushed, Ok(Ok(()))) {
+        producer.flush(flush_for)
+    });
+    if !matches!(
+        tokio::time::timeout(left() + Duration::from_millis(100), flushed).await,
+        Ok(Ok(Ok(())))
+    ) {
         tracing::warn!("the producer could not flush every message before exit");
     }
-    if tokio::time::timeout(grace, server).await.is_err() {
+    if tokio::time::timeout(left(), server).await.is_err() {
         tracing::warn!("HTTP server did not stop within the grace period");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Ledger timing from the configuration: a produce's lease outlasts the producer's
+/// delivery timeout, so no second produce starts while the first may still succeed.
+fn delivery_timing(cfg: &Config) -> Timing {
+    Timing {
+        lease: Duration::from_millis(u64::from(cfg.kafka.message_timeout_ms) + 1000),
+        confirmation_timeout: cfg.confirmation_timeout(),
+        attempts: cfg.delivery.retries.saturating_add(1),
+        max_interval: Duration::from_millis(cfg.delivery.max_retry_interval_ms),
+        ttl: Duration::from_secs(cfg.delivery.idempotency_ttl_seconds),
+    }
 }

@@ -70,7 +70,8 @@ pub struct Config {
     #[arg(long, env = "ROOM_STATE_TTL_HOURS", default_value_t = 24)]
     pub room_state_ttl_hours: u64,
 
-    /// Seconds a positive membership check is cached in Redis.
+    /// Seconds a participant's standing (membership, role, ban, mute) is cached in Redis;
+    /// 0 turns the cache off (every check reads MongoDB).
     #[arg(long, env = "ROOM_AUTHZ_CACHE_TTL", default_value_t = 300)]
     pub room_authz_cache_ttl: u64,
 
@@ -115,7 +116,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
 
     /// Prefix of consumer group names (`<prefix>-persister`,
-    /// `<prefix>-gateway-confirmations`); installations sharing a broker need distinct ones.
+    /// `<prefix>-gateway-confirmations`), and the installation's id: every record this
+    /// installation produces carries it (header `realtime-installation`), and its persister
+    /// and gateways ignore records of other installations that share the topics.
     #[arg(
         long = "kafka-group-prefix",
         env = "KAFKA_GROUP_PREFIX",
@@ -130,6 +133,17 @@ pub struct KafkaConfig {
         default_value_t = 3
     )]
     pub topic_partitions: i32,
+
+    /// Replication factor of topics created at start-up (`-1`: the broker's
+    /// `default.replication.factor`). With `acks=all`, a message is acknowledged once this
+    /// many replicas (at least the topic's `min.insync.replicas`) hold it.
+    #[arg(
+        long = "kafka-replication-factor",
+        env = "KAFKA_REPLICATION_FACTOR",
+        default_value_t = -1,
+        allow_negative_numbers = true
+    )]
+    pub replication_factor: i32,
 
     /// Consumer group session timeout; a group join takes about half of it on some brokers.
     #[arg(
@@ -146,6 +160,15 @@ pub struct KafkaConfig {
         default_value_t = 20
     )]
     pub fetch_wait_max_ms: u32,
+
+    /// Topic that receives messages the database refuses for good (they are not stored;
+    /// their senders get `message:failed`). Created at start-up with the others.
+    #[arg(
+        long = "kafka-dead-letter-topic",
+        env = "KAFKA_DEAD_LETTER_TOPIC",
+        default_value = "chat.messages.dlq"
+    )]
+    pub dead_letter_topic: String,
 
     /// How long the producer keeps trying to deliver a message before giving up.
     #[arg(
@@ -178,6 +201,23 @@ pub struct MongoConfig {
     /// in Kubernetes).
     #[arg(long = "mongodb-create-indexes", env = "MONGODB_CREATE_INDEXES", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_indexes: bool,
+
+    /// Write concern `w` of message writes: `majority`, a number of nodes, or a tag set.
+    /// A write the server cannot confirm at this level counts as failed and is retried.
+    #[arg(
+        long = "mongodb-write-concern",
+        env = "MONGODB_WRITE_CONCERN",
+        default_value = "majority"
+    )]
+    pub write_concern: String,
+
+    /// Longest wait for the write concern, in milliseconds (0: no bound).
+    #[arg(
+        long = "mongodb-write-timeout-ms",
+        env = "MONGODB_WRITE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub write_timeout_ms: u64,
 
     /// Messages written to MongoDB in one bulk upsert.
     #[arg(long = "message-persistence-batch-size", env = "MESSAGE_PERSISTENCE_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -240,13 +280,43 @@ pub struct DeliveryConfig {
     )]
     pub timeout_ms: u64,
 
-    /// Retries (same message id) before the sender is told the message failed.
+    /// Retries (same message id) before the sender hears more: `message:failed` for a
+    /// message the broker never took (it will not be stored), `message:delayed` for one
+    /// the broker has (it will be; retries go on, further apart).
     #[arg(
         long = "persistence-confirmation-retries",
         env = "PERSISTENCE_CONFIRMATION_RETRIES",
         default_value_t = 3
     )]
     pub retries: u32,
+
+    /// Longest interval between retries of a delayed message, in milliseconds.
+    #[arg(
+        long = "persistence-max-retry-interval-ms",
+        env = "PERSISTENCE_MAX_RETRY_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub max_retry_interval_ms: u64,
+
+    /// Seconds a message's delivery record — and so its `clientMessageId` as an
+    /// idempotency key and the answer to `message:status` — is kept after its last change.
+    #[arg(
+        long = "idempotency-ttl-seconds",
+        env = "IDEMPOTENCY_TTL_SECONDS",
+        default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(60..)
+    )]
+    pub idempotency_ttl_seconds: u64,
+
+    /// Numbers skipped when a conversation's sequence counter is repaired after Redis lost
+    /// writes (restart, restore, failover): covers messages accepted but not yet stored
+    /// at the moment of the loss.
+    #[arg(
+        long = "sequence-repair-gap",
+        env = "SEQUENCE_REPAIR_GAP",
+        default_value_t = 1000
+    )]
+    pub sequence_repair_gap: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -295,7 +365,8 @@ pub struct TurnConfig {
     #[arg(long = "turn-secret-file", env = "TURN_SECRET_FILE")]
     pub secret_file: Option<std::path::PathBuf>,
 
-    /// Lifetime of issued TURN credentials in seconds (static servers; a TurnPool has its own).
+    /// Lifetime of issued TURN credentials in seconds, 60 to 604800 (static servers; a
+    /// TurnPool has its own).
     #[arg(
         long = "turn-credential-ttl",
         env = "TURN_CREDENTIAL_TTL",
@@ -312,6 +383,11 @@ pub struct TurnConfig {
     #[arg(long = "turn-pool-namespace", env = "TURN_POOL_NAMESPACE")]
     pub pool_namespace: Option<String>,
 }
+
+/// Shortest TURN credential lifetime: a call must be able to set up before it expires.
+pub const MIN_TURN_TTL: u64 = 60;
+/// Longest TURN credential lifetime (a week): a leaked credential must not live forever.
+pub const MAX_TURN_TTL: u64 = 7 * 24 * 3600;
 
 impl KafkaConfig {
     pub fn group(&self, suffix: &str) -> String {
@@ -371,6 +447,12 @@ impl Config {
         {
             return Err("TURN_URLS needs TURN_SECRET or TURN_SECRET_FILE".into());
         }
+        if !(MIN_TURN_TTL..=MAX_TURN_TTL).contains(&self.turn.credential_ttl) {
+            return Err(format!(
+                "TURN_CREDENTIAL_TTL must be between {MIN_TURN_TTL} and {MAX_TURN_TTL} seconds, got {}",
+                self.turn.credential_ttl
+            ));
+        }
         for url in &self.turn.urls {
             realtime_turn::ice::parse_url(url).map_err(|e| format!("TURN_URLS: {e}"))?;
         }
@@ -379,6 +461,12 @@ impl Config {
         }
         if self.kafka.topic_partitions < 1 {
             return Err("KAFKA_TOPIC_PARTITIONS must be at least 1".into());
+        }
+        if self.kafka.replication_factor == 0 || self.kafka.replication_factor < -1 {
+            return Err(format!(
+                "KAFKA_REPLICATION_FACTOR must be at least 1, or -1 for the broker's default; got {}",
+                self.kafka.replication_factor
+            ));
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     Muted,
     /// `messages:recover` past the recovery window: page `messages:history` instead.
     TooFarBehind,
+    /// A resent message that will never be stored (the broker never took it): send it
+    /// again with a new `clientMessageId`.
+    DeliveryFailed,
 }
 
 impl ErrorCode {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::Muted => "muted",
             ErrorCode::TooFarBehind => "too_far_behind",
+            ErrorCode::DeliveryFailed => "delivery_failed",
         }
     }
 }
@@ -136,6 +140,7 @@ mod tests {
             ErrorCode::Banned,
             ErrorCode::Muted,
             ErrorCode::TooFarBehind,
+            ErrorCode::DeliveryFailed,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

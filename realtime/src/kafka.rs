@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::{ClientConfig, Message};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::StreamConsumer;
@@ -45,16 +46,52 @@ pub fn consumer(cfg: &KafkaConfig, group: &str, auto_commit: bool) -> Result<Str
         .create()?)
 }
 
-/// Produces one record and waits for the broker's acknowledgement.
-pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
+/// Header naming the installation that produced a record (`KAFKA_GROUP_PREFIX`).
+pub const INSTALLATION_HEADER: &str = "realtime-installation";
+
+/// Produces one record, tagged with `installation`, and waits for the broker's
+/// acknowledgement. An error does not say the record was not written: a delivery that
+/// timed out in flight may still have reached the broker.
+pub async fn send(
+    producer: &FutureProducer,
+    installation: &str,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<()> {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: INSTALLATION_HEADER,
+        value: Some(installation),
+    });
     producer
         .send(
-            FutureRecord::to(topic).key(key).payload(payload),
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
             Duration::from_secs(0),
         )
         .await
         .map(|_| ())
         .map_err(|(e, _)| Error::Kafka(e))
+}
+
+/// True when `msg` was produced by another installation (records without the header
+/// come from versions before it and are taken as ours).
+pub fn foreign(msg: &impl Message, installation: &str) -> bool {
+    msg.headers()
+        .and_then(|h| h.iter().find(|h| h.key == INSTALLATION_HEADER))
+        .and_then(|h| h.value)
+        .is_some_and(|v| v != installation.as_bytes())
+}
+
+/// The producer's fatal error, if it has one: an idempotent producer that hit one can
+/// never produce again (the process must restart).
+pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
+    producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code}: {reason}"))
 }
 
 /// Creates the topics when missing; an existing topic is left as it is.
@@ -64,7 +101,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
         .create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(cfg.replication_factor)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {

@@ -1,13 +1,23 @@
 //! Redis keys and Socket.IO room names. Every per-tenant name starts with the tenant, so
 //! no key or room of one tenant can be addressed through another tenant's identifiers
-//! (identifiers cannot contain `:`; see `protocol::validate_id`).
+//! (identifiers cannot contain `:`; see `protocol::validate_id`). The few keys that belong
+//! to no tenant (gateway liveness, the delivery schedule) live under `rt:#:`, a segment no
+//! tenant id can take (`#` is not allowed in identifiers).
 
 pub fn sequence(tenant: &str, conversation: &str) -> String {
     format!("rt:{tenant}:seq:{conversation}")
 }
 
-pub fn idempotency(tenant: &str, user: &str, client_message_id: &str) -> String {
-    format!("rt:{tenant}:idem:{user}:{client_message_id}")
+/// Verification mark of a sequence counter: the Redis `run_id` under which the counter
+/// was last checked against MongoDB and the recovery window (see `sequence`).
+pub fn sequence_verified(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:seqv:{conversation}")
+}
+
+/// A message's delivery record, which is also its idempotency key: one per tenant,
+/// conversation, sender and `clientMessageId` (see `delivery`).
+pub fn message(tenant: &str, conversation: &str, sender: &str, client_message_id: &str) -> String {
+    format!("rt:{tenant}:msg:{conversation}:{sender}:{client_message_id}")
 }
 
 pub fn rate_limit(tenant: &str, user: &str) -> String {
@@ -22,18 +32,9 @@ pub fn conversation_cache(tenant: &str, conversation: &str) -> String {
     format!("rt:{tenant}:conv:{conversation}")
 }
 
-pub fn pending(message_id: &str) -> String {
-    format!("rt:pending:{message_id}")
-}
-
 /// Sockets in a conversation: field `<user>|<socket id>`, value the gateway id.
 pub fn room_sockets(tenant: &str, conversation: &str) -> String {
     format!("rt:{tenant}:room:{conversation}:sockets")
-}
-
-/// Members who joined a conversation, with their roles: field user, value role.
-pub fn room_members(tenant: &str, conversation: &str) -> String {
-    format!("rt:{tenant}:room:{conversation}:members")
 }
 
 /// Last activity (ms since the epoch) in a conversation.
@@ -51,10 +52,12 @@ pub fn recent(tenant: &str, conversation: &str) -> String {
     format!("rt:{tenant}:recent:{conversation}")
 }
 
-/// Prefix of gateway liveness keys (`rt:gw:<gateway id>`), refreshed by a heartbeat.
-pub const GATEWAY_ALIVE_PREFIX: &str = "rt:gw:";
+/// Prefix of gateway liveness keys (`rt:#:gw:<gateway id>`), refreshed by a heartbeat.
+pub const GATEWAY_ALIVE_PREFIX: &str = "rt:#:gw:";
 
-pub const PENDING_DEADLINES: &str = "rt:pending:deadlines";
+/// When each unresolved message is next due for attention (sorted set of message keys
+/// scored by ms since the epoch).
+pub const DELIVERY_SCHEDULE: &str = "rt:#:delivery";
 
 /// Room of a conversation's members.
 pub fn conversation_room(tenant: &str, conversation: &str) -> String {
@@ -74,17 +77,25 @@ mod tests {
     fn tenant_leads_every_scoped_name() {
         for name in [
             sequence("t", "c"),
-            idempotency("t", "u", "k"),
+            sequence_verified("t", "c"),
+            message("t", "c", "u", "k"),
             rate_limit("t", "u"),
             membership("t", "c", "u"),
             conversation_cache("t", "c"),
             room_sockets("t", "c"),
-            room_members("t", "c"),
             room_activity("t", "c"),
             typing("t", "c", "u"),
             recent("t", "c"),
         ] {
             assert!(name.starts_with("rt:t:"), "{name}");
+        }
+        assert_ne!(
+            message("t", "c1", "u", "k"),
+            message("t", "c2", "u", "k"),
+            "a clientMessageId reused in another conversation is another message"
+        );
+        for global in [GATEWAY_ALIVE_PREFIX, DELIVERY_SCHEDULE] {
+            assert!(global.starts_with("rt:#:"), "{global}");
         }
         assert_eq!(conversation_room("t", "c"), "c:t:c");
         assert_eq!(user_room("t", "u"), "u:t:u");

@@ -5,13 +5,16 @@
 //! - [`gateway`] is the Socket.IO `/chat` namespace (handshake, events, confirmations);
 //! - [`persister`] moves `chat.messages` into MongoDB and announces what it stored;
 //! - [`http`] serves `/healthz`, `/readyz` and `/metrics`;
+//! - [`chat`] holds the use cases apart from Socket.IO (sending and confirming messages);
 //! - [`auth`], [`protocol`], [`error`] are the client contract (tokens, payloads, codes);
 //! - [`store`] (MongoDB), [`kafka`], and the Redis-backed [`rate_limit`], [`sequence`]
-//!   and [`delivery`] hold the state; [`keys`] names every Redis key and room.
+//!   and [`delivery`] (the ledger of every message's state) hold the state; [`keys`]
+//!   names every Redis key and room.
 
 pub mod app;
 pub mod auth;
 pub mod backoff;
+pub mod chat;
 pub mod config;
 pub mod delivery;
 pub mod error;

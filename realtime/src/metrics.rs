@@ -54,6 +54,18 @@ pub struct Metrics {
     pub moderation_actions: Family<ActionLabel, Counter>,
     pub presence_broadcasts: Counter,
     pub recoveries: Family<OutcomeLabel, Counter>,
+    pub delivery_delayed: Counter,
+    pub delivery_lost: Counter,
+    pub delivery_unresolved: Gauge,
+    pub dead_lettered: Counter,
+    pub foreign_records: Counter,
+    pub sequence_repairs: Counter,
+    pub rate_limited: Family<ClassLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +96,13 @@ impl Default for Metrics {
             moderation_actions: Family::default(),
             presence_broadcasts: Counter::default(),
             recoveries: Family::default(),
+            delivery_delayed: Counter::default(),
+            delivery_lost: Counter::default(),
+            delivery_unresolved: Gauge::default(),
+            dead_lettered: Counter::default(),
+            foreign_records: Counter::default(),
+            sequence_repairs: Counter::default(),
+            rate_limited: Family::default(),
         };
         registry.register(
             "connected_sockets",
@@ -122,12 +141,12 @@ impl Default for Metrics {
         );
         registry.register(
             "delivery_retries",
-            "Messages produced again after a confirmation timeout",
+            "Copies of unconfirmed messages produced again by the sweeper (same id)",
             m.delivery_retries.clone(),
         );
         registry.register(
             "delivery_failures",
-            "message:failed sent after the last retry",
+            "message:failed sent: messages that will never be stored",
             m.delivery_failures.clone(),
         );
         registry.register(
@@ -152,7 +171,7 @@ impl Default for Metrics {
         );
         registry.register(
             "poison_records",
-            "Undecodable records skipped by the persister",
+            "Undecodable records moved to the dead-letter topic by the persister",
             m.poison_records.clone(),
         );
         registry.register(
@@ -174,6 +193,41 @@ impl Default for Metrics {
             "recoveries",
             "messages:recover answers, by outcome",
             m.recoveries.clone(),
+        );
+        registry.register(
+            "delivery_delayed",
+            "message:delayed sent: accepted messages still unconfirmed after every retry",
+            m.delivery_delayed.clone(),
+        );
+        registry.register(
+            "delivery_lost",
+            "Delivery records that vanished from Redis before an outcome (eviction, data loss)",
+            m.delivery_lost.clone(),
+        );
+        registry.register(
+            "delivery_unresolved",
+            "Messages without a final outcome yet (sampled by the sweeper)",
+            m.delivery_unresolved.clone(),
+        );
+        registry.register(
+            "dead_lettered_messages",
+            "Messages the database refused for good, moved to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "foreign_records",
+            "Records of another installation found on this installation's topics (skipped)",
+            m.foreign_records.clone(),
+        );
+        registry.register(
+            "sequence_repairs",
+            "Sequence counters checked and moved forward after Redis restarted or failed over",
+            m.sequence_repairs.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Client events refused by a rate limit, by event class",
+            m.rate_limited.clone(),
         );
         Metrics { registry, ..m }
     }

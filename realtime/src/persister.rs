@@ -1,9 +1,16 @@
 //! The persistence worker: `chat.messages` → MongoDB `messages` → `chat.persistence.events`.
 //!
-//! Order per batch: bulk upsert the messages, move `conversations.last_message_at`,
+//! Order per batch: bulk insert the messages, move `conversations.last_message_at`,
 //! refresh the Redis conversation cache, publish one persistence event per message, and
 //! only then commit the offsets. A crash anywhere before the commit replays the batch;
-//! upserts keyed by message id make the replay change nothing.
+//! writes keyed by message id make the replay change nothing.
+//!
+//! A batch that fails as a whole (database unreachable, write concern not met) is retried
+//! until it succeeds. A message the database refuses for good (a validator, another
+//! unique index) cannot hold up the partition: it goes to the dead-letter topic with the
+//! reason, counts in `realtime_dead_lettered_messages_total`, is logged as an error, and
+//! its sender is told it failed. Records of another installation sharing the topic are
+//! skipped (see `kafka::foreign`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +31,7 @@ use crate::error::Result;
 use crate::kafka;
 use crate::keys;
 use crate::metrics::{CategoryLabel, Metrics};
-use crate::protocol::{ChatRecord, PersistenceEvent};
+use crate::protocol::{ChatRecord, PersistOutcome, PersistenceEvent};
 use crate::store::Store;
 
 pub struct Persister {
@@ -33,6 +41,23 @@ pub struct Persister {
     pub producer: FutureProducer,
     pub metrics: Arc<Metrics>,
 }
+
+/// Header of a dead-lettered record saying why the database refused it.
+pub const REFUSED_HEADER: &str = "realtime-refused-reason";
+
+// Moves conversation caches forward only (batches of one conversation may race).
+// KEYS: caches. ARGV: ttl s, then (seq, last_message_at) per key.
+const CACHE: &str = r#"
+for i, key in ipairs(KEYS) do
+  local seq, at = ARGV[2 * i], ARGV[2 * i + 1]
+  local c = tonumber(redis.call('HGET', key, 'last_seq')) or 0
+  if tonumber(seq) > c then
+    redis.call('HSET', key, 'last_seq', seq, 'last_message_at', at)
+  end
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return 1
+"#;
 
 impl Persister {
     /// Consumes until `cancel` fires; the batch in hand is finished and committed first.
@@ -72,14 +97,26 @@ impl Persister {
                 }
             }
             backoff.reset();
-            if let Err(e) = consumer.commit(&offsets_after(&batch), CommitMode::Sync) {
-                // Not fatal: the batch is stored; a replay of it changes nothing.
+            // Asynchronous: a synchronous commit would block a runtime worker for a
+            // broker round trip. A commit lost to a crash replays a batch that is stored,
+            // which changes nothing.
+            if let Err(e) = consumer.commit(&offsets_after(&batch), CommitMode::Async) {
                 tracing::warn!(error = %e, "offset commit failed");
             }
             self.metrics.persist_batches.inc();
             self.metrics
                 .persist_batch_seconds
                 .observe(started.elapsed().as_secs_f64());
+        }
+        // The last commits must reach the broker before the process exits.
+        let flushed = tokio::task::spawn_blocking(move || {
+            consumer
+                .commit_consumer_state(CommitMode::Sync)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()) | Err(_))) {
+            tracing::debug!("no offsets to commit at shutdown");
         }
         tracing::info!("persister stopped");
         Ok(())
@@ -126,46 +163,114 @@ impl Persister {
     }
 
     async fn persist(&self, batch: &[OwnedMessage], unique_index: bool) -> Result<()> {
-        let records: Vec<ChatRecord> = batch
-            .iter()
-            .filter_map(|m| {
-                let decoded = m.payload().map(serde_json::from_slice::<ChatRecord>);
-                match decoded {
-                    Some(Ok(r)) => Some(r),
-                    _ => {
-                        self.metrics.poison_records.inc();
-                        tracing::error!(
-                            partition = m.partition(),
-                            offset = m.offset(),
-                            "undecodable record skipped"
-                        );
-                        None
-                    }
-                }
-            })
-            .collect();
+        let installation = &self.cfg.kafka.group_prefix;
+        let mut records = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for m in batch {
+            if kafka::foreign(m, installation) {
+                self.foreign_record(m);
+                continue;
+            }
+            match m.payload().map(serde_json::from_slice::<ChatRecord>) {
+                Some(Ok(r)) => records.push(r),
+                _ => poison.push(m),
+            }
+        }
+        for m in poison {
+            self.metrics.poison_records.inc();
+            tracing::error!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "undecodable record moved to the dead-letter topic"
+            );
+            self.dead_letter(
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                m.payload().unwrap_or_default(),
+                "not a chat record",
+            )
+            .await?;
+        }
         if records.is_empty() {
             return Ok(());
         }
-        let inserted = self.store.write_messages(&records, unique_index).await?;
-        self.metrics.persisted_messages.inc_by(inserted);
-        self.store.touch_conversations(&records).await?;
-        self.refresh_cache(&records).await?;
-        let events = records.iter().map(|r| {
-            let event = PersistenceEvent::from(r);
-            async move {
-                let bytes = serde_json::to_vec(&event)?;
-                kafka::send(
-                    &self.producer,
-                    &self.cfg.kafka.persistence_topic,
-                    &r.key(),
-                    &bytes,
-                )
-                .await
+        let outcome = self.store.write_messages(&records, unique_index).await?;
+        self.metrics.persisted_messages.inc_by(outcome.inserted);
+        let refused: HashMap<usize, String> = outcome.refused.into_iter().collect();
+        let mut stored = Vec::with_capacity(records.len());
+        let mut events = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let mut event = PersistenceEvent::from(r);
+            match refused.get(&i) {
+                Some(reason) => {
+                    self.metrics.dead_lettered.inc();
+                    tracing::error!(
+                        message_id = %r.message_id,
+                        tenant = %r.tenant_id,
+                        %reason,
+                        "the database refused a message; moved to the dead-letter topic"
+                    );
+                    self.dead_letter(Some(r.key()), &serde_json::to_vec(r)?, reason)
+                        .await?;
+                    event.outcome = PersistOutcome::Refused;
+                    event.reason = Some(format!("the database refused it ({reason})"));
+                }
+                None => stored.push(r.clone()),
             }
+            events.push((r.key(), event));
+        }
+        self.store.touch_conversations(&stored).await?;
+        self.refresh_cache(&stored).await?;
+        let sends = events.iter().map(|(key, event)| async move {
+            let bytes = serde_json::to_vec(event)?;
+            kafka::send(
+                &self.producer,
+                installation,
+                &self.cfg.kafka.persistence_topic,
+                key,
+                &bytes,
+            )
+            .await
         });
-        try_join_all(events).await?;
+        try_join_all(sends).await?;
         Ok(())
+    }
+
+    fn foreign_record(&self, m: &OwnedMessage) {
+        self.metrics.foreign_records.inc();
+        let seen = self.metrics.foreign_records.get();
+        // Loud, but not once per record.
+        if seen == 1 || seen % 1000 == 0 {
+            tracing::error!(
+                topic = m.topic(),
+                seen,
+                "records of another installation are on this installation's topic: two \
+                 installations share topics on one broker; they are skipped, but give each \
+                 installation its own topics"
+            );
+        }
+    }
+
+    async fn dead_letter(&self, key: Option<String>, payload: &[u8], reason: &str) -> Result<()> {
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: kafka::INSTALLATION_HEADER,
+                value: Some(self.cfg.kafka.group_prefix.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: REFUSED_HEADER,
+                value: Some(reason),
+            });
+        let mut record = rdkafka::producer::FutureRecord::to(&self.cfg.kafka.dead_letter_topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Duration::from_secs(0))
+            .await
+            .map(drop)
+            .map_err(|(e, _)| e.into())
     }
 
     /// Keeps `rt:{tenant}:conv:{id}` = {last_seq, last_message_at} for readers that must
@@ -179,23 +284,17 @@ impl Persister {
                 *entry = r;
             }
         }
-        let ttl = self.cfg.room_state_ttl().as_secs().max(1);
-        let mut pipe = redis::pipe();
+        if newest.is_empty() {
+            return Ok(());
+        }
+        let script = Script::new(CACHE);
+        let mut call = script.prepare_invoke();
+        call.arg(self.cfg.room_state_ttl().as_secs().max(1));
         for (key, r) in &newest {
-            // Only ever move forward, even when batches of one conversation race.
-            pipe.cmd("EVAL")
-                .arg("local c = tonumber(redis.call('HGET', KEYS[1], 'last_seq')) or 0 \
-                      if tonumber(ARGV[1]) > c then redis.call('HSET', KEYS[1], 'last_seq', ARGV[1], 'last_message_at', ARGV[2]) end \
-                      return 1")
-                .arg(1)
-                .arg(key)
-                .arg(r.seq)
-                .arg(r.created_at_ms)
-                .ignore();
-            pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore();
+            call.key(key).arg(r.seq).arg(r.created_at_ms);
         }
         let mut conn = self.redis.clone();
-        let () = pipe.query_async(&mut conn).await?;
+        let _: i64 = call.invoke_async(&mut conn).await?;
         Ok(())
     }
 }

@@ -314,7 +314,18 @@ pub struct WireMessage {
     pub created_at: i64,
 }
 
-/// Published on `chat.persistence.events` once a message is stored.
+/// What the persister did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistOutcome {
+    /// Stored in MongoDB (or found stored already).
+    #[default]
+    Persisted,
+    /// The database refused it for good; it went to the dead-letter topic.
+    Refused,
+}
+
+/// Published on `chat.persistence.events` once the persister dealt with a message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PersistenceEvent {
     pub tenant_id: String,
@@ -322,7 +333,15 @@ pub struct PersistenceEvent {
     pub message_id: String,
     pub seq: u64,
     pub sender_id: String,
+    /// Locates the delivery record; absent in events of older versions.
+    #[serde(default)]
+    pub client_message_id: String,
     pub persisted_at_ms: i64,
+    #[serde(default)]
+    pub outcome: PersistOutcome,
+    /// Why the database refused the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&ChatRecord> for PersistenceEvent {
@@ -333,7 +352,10 @@ impl From<&ChatRecord> for PersistenceEvent {
             message_id: r.message_id.clone(),
             seq: r.seq,
             sender_id: r.sender_id.clone(),
+            client_message_id: r.client_message_id.clone(),
             persisted_at_ms: now_ms(),
+            outcome: PersistOutcome::Persisted,
+            reason: None,
         }
     }
 }
@@ -345,15 +367,57 @@ pub struct Persisted<'a> {
     pub message_id: &'a str,
     pub conversation_id: &'a str,
     pub seq: u64,
+    pub client_message_id: &'a str,
 }
 
-/// `message:failed` payload.
+/// `message:failed` payload: the message will never be stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failed<'a> {
     pub message_id: &'a str,
     pub conversation_id: &'a str,
+    pub client_message_id: &'a str,
+    pub seq: u64,
     pub reason: &'a str,
+}
+
+/// `message:delayed` payload: on the broker, not stored yet, still being retried.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delayed<'a> {
+    pub message_id: &'a str,
+    pub conversation_id: &'a str,
+    pub client_message_id: &'a str,
+    pub seq: u64,
+    pub reason: &'a str,
+}
+
+/// Most `clientMessageId`s one `message:status` may ask about.
+pub const MAX_STATUS_IDS: usize = 100;
+
+/// `message:status` payload, validated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRequest {
+    pub conversation_id: String,
+    pub client_message_ids: Vec<String>,
+}
+
+impl StatusRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, ClientError> {
+        let req: Self = decode("message:status", payload)?;
+        validate_id("conversationId", &req.conversation_id)?;
+        if req.client_message_ids.is_empty() || req.client_message_ids.len() > MAX_STATUS_IDS {
+            return Err(invalid(format!(
+                "clientMessageIds must hold 1 to {MAX_STATUS_IDS} ids, got {}",
+                req.client_message_ids.len()
+            )));
+        }
+        for id in &req.client_message_ids {
+            validate_id("clientMessageIds[]", id)?;
+        }
+        Ok(req)
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -1,91 +1,89 @@
-//! Message ids and per-conversation sequence numbers, with client idempotency keys.
+//! Per-conversation sequence numbers: a Redis counter, checked before use against what
+//! MongoDB and the recovery window know.
 //!
-//! One Lua script checks the idempotency key and increments the conversation's counter
-//! atomically, so a resent `message:send` gets the same id and number and no gap is made.
-//! When the counter is missing (a fresh or flushed Redis) it is seeded from the highest
-//! stored sequence in MongoDB before any number is handed out.
+//! The counter is incremented by the delivery ledger's allocation script (`delivery`),
+//! atomically with the idempotency record, so a resend gets the same number. Redis may
+//! lose the newest writes: a restart without persistence, a restore from an older
+//! snapshot, an AOF written once a second, a failover to a lagging replica. Then the
+//! counter is missing or *behind* and would hand out numbers again. Each counter carries
+//! the `run_id` of the Redis server that last verified it; every restart or failover
+//! changes the `run_id`, so the first allocation afterwards finds the mark stale and the
+//! counter is repaired before any number is drawn:
+//!
+//! next = max(counter, highest stored seq in MongoDB, highest seq in the recovery window)
+//!        + `SEQUENCE_REPAIR_GAP` when anything was lost or may have been
+//!
+//! The gap covers messages that were accepted but not yet stored or windowed when Redis
+//! lost them. Numbers can therefore skip (never a problem for clients, which order by
+//! `seq`), and can repeat only if more than the gap of one conversation's messages sat
+//! unpersisted at the moment of the loss, or a brand-new conversation's very first
+//! messages were all unpersisted then.
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys;
 use crate::store::Store;
 
-const ALLOCATE: &str = r#"
-local existing = redis.call('GET', KEYS[1])
-if existing then return {0, existing} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {2, ''} end
-local seq = redis.call('INCR', KEYS[2])
-local value = ARGV[1] .. ' ' .. seq
-redis.call('SET', KEYS[1], value, 'EX', ARGV[2])
-return {1, value}
+// KEYS: counter, verification mark, recovery window. ARGV: run_id, MongoDB floor, gap.
+const REPAIR: &str = r#"
+if redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
+local counter = tonumber(redis.call('GET', KEYS[1]))
+local marked = redis.call('EXISTS', KEYS[2]) == 1
+local floor = tonumber(ARGV[2])
+local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if top[2] then floor = math.max(floor, tonumber(top[2])) end
+local next = math.max(floor, counter or 0)
+-- A mark from another server means Redis restarted or failed over: the counter may be
+-- behind. A missing counter with stored messages means it was lost. A counter without a
+-- mark predates verification and was never lost.
+if marked or (counter == nil and floor > 0) then next = next + tonumber(ARGV[3]) end
+redis.call('SET', KEYS[1], next)
+redis.call('SET', KEYS[2], ARGV[1])
+return next
 "#;
-
-/// How long a client idempotency key is remembered.
-const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
-    pub message_id: String,
-    pub seq: u64,
-    /// The idempotency key was seen before: this is the earlier message's id and number.
-    pub duplicate: bool,
-}
 
 #[derive(Clone)]
 pub struct Sequencer {
     redis: ConnectionManager,
     store: Store,
-    script: Script,
+    gap: u64,
+    repair: Script,
 }
 
 impl Sequencer {
-    pub fn new(redis: ConnectionManager, store: Store) -> Self {
+    pub fn new(redis: ConnectionManager, store: Store, gap: u64) -> Self {
         Self {
             redis,
             store,
-            script: Script::new(ALLOCATE),
+            gap,
+            repair: Script::new(REPAIR),
         }
     }
 
-    pub async fn allocate(
+    /// Brings the counter of a conversation up to date for the Redis server `run_id`.
+    /// Returns the counter's new value when this call repaired it (`None` when another
+    /// gateway did so first).
+    pub async fn repair(
         &self,
         tenant: &str,
         conversation: &str,
-        user: &str,
-        client_message_id: &str,
-    ) -> Result<Allocation> {
-        let idem = keys::idempotency(tenant, user, client_message_id);
-        let seq_key = keys::sequence(tenant, conversation);
+        run_id: &str,
+    ) -> Result<Option<u64>> {
+        let floor = self.store.max_seq(tenant, conversation).await?;
         let mut conn = self.redis.clone();
-        for _ in 0..2 {
-            let message_id = uuid::Uuid::now_v7().to_string();
-            let (status, value): (i64, String) = self
-                .script
-                .key(&idem)
-                .key(&seq_key)
-                .arg(&message_id)
-                .arg(IDEMPOTENCY_TTL_SECONDS)
-                .invoke_async(&mut conn)
-                .await?;
-            match status {
-                0 | 1 => return parse_allocation(&value, status == 0),
-                _ => {
-                    let floor = self.store.max_seq(tenant, conversation).await?;
-                    let _: bool = redis::cmd("SET")
-                        .arg(&seq_key)
-                        .arg(floor)
-                        .arg("NX")
-                        .query_async::<Option<String>>(&mut conn)
-                        .await
-                        .map(|r| r.is_some())?;
-                }
-            }
-        }
-        Err(Error::Other(format!(
-            "sequence counter {seq_key} could not be seeded"
-        )))
+        let next: i64 = self
+            .repair
+            .key(keys::sequence(tenant, conversation))
+            .key(keys::sequence_verified(tenant, conversation))
+            .key(keys::recent(tenant, conversation))
+            .arg(run_id)
+            .arg(floor)
+            .arg(self.gap)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(u64::try_from(next).ok())
     }
 
     /// The newest sequence number handed out in a conversation (0 when none), from the
@@ -97,48 +95,5 @@ impl Sequencer {
             Some(seq) => Ok(seq),
             None => self.store.max_seq(tenant, conversation).await,
         }
-    }
-
-    /// Forgets an idempotency key whose message was not accepted, so the client can retry.
-    pub async fn release(&self, tenant: &str, user: &str, client_message_id: &str) -> Result<()> {
-        let mut conn = self.redis.clone();
-        let _: i64 = conn
-            .del(keys::idempotency(tenant, user, client_message_id))
-            .await?;
-        Ok(())
-    }
-}
-
-fn parse_allocation(value: &str, duplicate: bool) -> Result<Allocation> {
-    let (id, seq) = value
-        .split_once(' ')
-        .ok_or_else(|| Error::Other(format!("malformed idempotency record {value:?}")))?;
-    let seq = seq
-        .parse()
-        .map_err(|_| Error::Other(format!("malformed sequence in {value:?}")))?;
-    Ok(Allocation {
-        message_id: id.to_owned(),
-        seq,
-        duplicate,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allocation_record_parses() {
-        let a = parse_allocation("0190-ab 42", true).unwrap();
-        assert_eq!(
-            a,
-            Allocation {
-                message_id: "0190-ab".into(),
-                seq: 42,
-                duplicate: true
-            }
-        );
-        assert!(parse_allocation("nospace", false).is_err());
-        assert!(parse_allocation("id x", false).is_err());
     }
 }

@@ -1,26 +1,65 @@
-//! Background work of every gateway: turning persistence events into `message:persisted`,
-//! and retrying or failing messages whose confirmation is late.
+//! Background work of every gateway: turning persistence events into `message:persisted`
+//! (or `message:failed`), and the sweeper that retries, delays or fails messages whose
+//! outcome is overdue. The decisions are `chat::delivery`'s; this module runs them and
+//! performs the emits.
 //!
 //! Gateways share one consumer group on the persistence topic, so each event is handled
 //! once; the emit goes through the Socket.IO adapter to the sender's user room on
-//! whichever gateway the sender is connected to now.
+//! whichever gateway the sender is connected to now. An emit to a sender who is offline
+//! is lost, but the outcome is not: it stays in the ledger, where `message:status` and a
+//! resend find it.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{CHAT_NAMESPACE, Shared};
 use crate::backoff::Backoff;
-use crate::delivery::Expired;
+use crate::chat::delivery::Emit;
 use crate::error::Result;
 use crate::kafka;
 use crate::keys;
-use crate::protocol::{Failed, Persisted, PersistenceEvent, now_ms};
+use crate::protocol::PersistenceEvent;
 
 /// Confirmations handled at once by one gateway.
 const MAX_INFLIGHT: u32 = 256;
+/// Overdue records one gateway works on at once (each may be a produce in flight).
+const SWEEP_INFLIGHT: u32 = 512;
+
+/// Performs the emits a use case returned.
+pub async fn perform<A: Adapter>(io: &SocketIo<A>, emits: Vec<Emit>) {
+    let Some(ns) = io.of(CHAT_NAMESPACE) else {
+        return;
+    };
+    for emit in emits {
+        let (room, event, sent) = match &emit {
+            Emit::NewMessage { tenant, message } => {
+                let room = keys::conversation_room(tenant, &message.conversation_id);
+                let sent = ns.clone().to(room.clone()).emit("message:new", message).await;
+                (room, "message:new", sent)
+            }
+            Emit::ToUser {
+                tenant,
+                user,
+                event,
+                payload,
+            } => {
+                let room = keys::user_room(tenant, user);
+                let sent = ns.clone().to(room.clone()).emit(*event, payload).await;
+                (room, *event, sent)
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, event, %room, "emit failed");
+        }
+    }
+}
 
 /// Consumes `chat.persistence.events` until `cancel` fires.
 pub async fn run_confirmations<A: Adapter>(
@@ -34,7 +73,7 @@ pub async fn run_confirmations<A: Adapter>(
         true,
     )?;
     consumer.subscribe(&[gw.cfg.kafka.persistence_topic.as_str()])?;
-    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT as usize));
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT as usize));
     let mut backoff = Backoff::default();
     loop {
         let msg = tokio::select! {
@@ -50,153 +89,106 @@ pub async fn run_confirmations<A: Adapter>(
             }
         };
         backoff.reset();
-        let event: Option<PersistenceEvent> =
-            msg.payload().and_then(|p| serde_json::from_slice(p).ok());
-        match event {
-            Some(event) => {
-                // Confirmations are independent: handle them concurrently (bounded). A
-                // failure, or a crash before one finishes, leaves the pending entry in
-                // Redis; the sweeper then produces the message again and the persister's
-                // next event confirms it. So the offset can be stored at once.
-                let Ok(permit) = inflight.clone().acquire_owned().await else {
-                    break;
-                };
-                let (gw, io) = (gw.clone(), io.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = confirm(&gw, &io, &event).await {
-                        tracing::warn!(error = %e, message_id = %event.message_id, "confirmation failed");
-                    }
-                    drop(permit);
-                });
+        if kafka::foreign(&msg, &gw.cfg.kafka.group_prefix) {
+            gw.metrics.foreign_records.inc();
+        } else {
+            match msg
+                .payload()
+                .and_then(|p| serde_json::from_slice::<PersistenceEvent>(p).ok())
+            {
+                Some(event) => {
+                    // Confirmations are independent: handle them concurrently (bounded). A
+                    // failure, or a crash before one finishes, leaves the record unresolved
+                    // in the ledger; the sweeper then produces the message again and the
+                    // persister's next event confirms it. So the offset can be stored at once.
+                    let Ok(permit) = inflight.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (gw, io) = (gw.clone(), io.clone());
+                    tokio::spawn(async move {
+                        match gw.delivery.on_persistence_event(&event).await {
+                            Ok(emits) => perform(&io, emits).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, message_id = %event.message_id, "confirmation failed");
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+                None => tracing::warn!(
+                    offset = msg.offset(),
+                    "undecodable persistence event skipped"
+                ),
             }
-            None => tracing::warn!(
-                offset = msg.offset(),
-                "undecodable persistence event skipped"
-            ),
         }
         if let Err(e) = consumer.store_offset_from_message(&msg) {
             tracing::warn!(error = %e, "storing consumer offset failed");
         }
     }
-    // Let the confirmations in flight finish before the final commit.
+    // Let the confirmations in flight finish (they emit before the sockets close), then
+    // commit without blocking a runtime worker.
     if inflight.acquire_many(MAX_INFLIGHT).await.is_err() {
         tracing::warn!("confirmation semaphore closed before shutdown");
     }
-    consumer
-        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        .ok();
-    Ok(())
-}
-
-async fn confirm<A: Adapter>(
-    gw: &Shared,
-    io: &SocketIo<A>,
-    event: &PersistenceEvent,
-) -> Result<()> {
-    let Some(record) = gw.pending.confirm(&event.message_id).await? else {
-        // Already confirmed (a redelivered event or a retried message): say it once only.
-        return Ok(());
-    };
-    let latency_ms = now_ms().saturating_sub(record.created_at_ms).max(0);
-    gw.metrics
-        .confirmation_latency
-        .observe(latency_ms as f64 / 1000.0);
-    gw.metrics.confirmations.inc();
-    let payload = Persisted {
-        message_id: &record.message_id,
-        conversation_id: &record.conversation_id,
-        seq: record.seq,
-    };
-    emit_to_user(
-        io,
-        &record.tenant_id,
-        &record.sender_id,
-        "message:persisted",
-        &payload,
-    )
+    let committed = tokio::task::spawn_blocking(move || {
+        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+    })
     .await;
+    if let Ok(Err(e)) = committed {
+        tracing::debug!(error = %e, "final commit of persistence event offsets");
+    }
     Ok(())
 }
 
-async fn emit_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
-    io: &SocketIo<A>,
-    tenant: &str,
-    user: &str,
-    event: &str,
-    payload: &T,
-) {
-    let Some(ns) = io.of(CHAT_NAMESPACE) else {
-        return;
-    };
-    if let Err(e) = ns
-        .to(keys::user_room(tenant, user))
-        .emit(event, payload)
-        .await
-    {
-        tracing::warn!(error = %e, event, "emit to sender failed");
-    }
-}
-
-/// Retries or fails messages whose confirmation is overdue, until `cancel` fires.
+/// Claims overdue records and works on them concurrently (bounded), until `cancel` fires.
+/// A claim gives each record a lease, so a slow broker delays only the records in hand,
+/// and no other gateway takes them meanwhile; nothing leaves the schedule unnoticed.
 pub async fn run_sweeper<A: Adapter>(gw: Shared, io: SocketIo<A>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(gw.confirmation_poll_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(Semaphore::new(SWEEP_INFLIGHT as usize));
+    let mut sampled = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let expired = match gw.pending.claim_expired(256).await {
-            Ok(e) => e,
+        if sampled.elapsed() >= Duration::from_secs(1) {
+            sampled = tokio::time::Instant::now();
+            if let Ok(n) = gw.delivery.ledger.unresolved().await {
+                gw.metrics
+                    .delivery_unresolved
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            continue;
+        }
+        let claimed = match gw.delivery.ledger.claim_due(free.min(256)).await {
+            Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "claiming overdue confirmations failed");
+                tracing::warn!(error = %e, "claiming overdue messages failed");
                 continue;
             }
         };
-        for entry in expired {
-            match entry {
-                Expired::Retry(record) => {
-                    gw.metrics.delivery_retries.inc();
-                    tracing::info!(message_id = %record.message_id, "no persistence confirmation in time; producing again");
-                    let sent = match serde_json::to_vec(&record) {
-                        Ok(bytes) => {
-                            kafka::send(
-                                &gw.producer,
-                                &gw.cfg.kafka.message_topic,
-                                &record.key(),
-                                &bytes,
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = sent {
-                        // The entry stays armed: the next deadline tries again.
-                        tracing::warn!(error = %e, message_id = %record.message_id, "retry not produced");
-                    }
+        for due in claimed {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (gw, io) = (gw.clone(), io.clone());
+            tokio::spawn(async move {
+                match gw.delivery.on_due(due).await {
+                    Ok(emits) => perform(&io, emits).await,
+                    // The record keeps its place in the schedule; the next claim retries.
+                    Err(e) => tracing::warn!(error = %e, "overdue message not handled; retried later"),
                 }
-                Expired::Fail(record) => {
-                    gw.metrics.delivery_failures.inc();
-                    let reason = format!(
-                        "not persisted after {} retries of {} ms each; send it again with a new clientMessageId",
-                        gw.cfg.delivery.retries, gw.cfg.delivery.timeout_ms
-                    );
-                    tracing::warn!(message_id = %record.message_id, "message failed: {reason}");
-                    let payload = Failed {
-                        message_id: &record.message_id,
-                        conversation_id: &record.conversation_id,
-                        reason: &reason,
-                    };
-                    emit_to_user(
-                        &io,
-                        &record.tenant_id,
-                        &record.sender_id,
-                        "message:failed",
-                        &payload,
-                    )
-                    .await;
-                }
-            }
+                drop(permit);
+            });
         }
+    }
+    // Work in hand finishes (bounded by the producer's delivery timeout).
+    if slots.acquire_many(SWEEP_INFLIGHT).await.is_err() {
+        tracing::warn!("sweeper semaphore closed before shutdown");
     }
 }

@@ -12,23 +12,21 @@ mod rooms;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 
-pub use confirm::{run_confirmations, run_sweeper};
+pub use confirm::{perform, run_confirmations, run_sweeper};
 use reply::Reply;
 
 use crate::auth::{self, Identity, Verifier};
+use crate::chat::delivery::{Delivery, SendError, Sent};
 use crate::config::Config;
-use crate::delivery::PendingStore;
 use crate::error::{ClientError, Error, ErrorCode};
-use crate::kafka;
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRecord, HistoryRequest, SendRequest, now_ms};
+use crate::protocol::{ChatRecord, HistoryRequest, SendRequest, StatusRequest, now_ms};
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::rooms::access::{Access, AccessCache};
 use crate::rooms::recent::RecentMessages;
@@ -45,10 +43,9 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub store: Store,
     pub redis: ConnectionManager,
-    pub producer: FutureProducer,
     pub rate: RateLimiter,
     pub sequencer: Sequencer,
-    pub pending: PendingStore,
+    pub delivery: Delivery,
     pub metrics: Arc<Metrics>,
     pub access: AccessCache,
     pub rooms: RoomState,
@@ -131,6 +128,7 @@ fn register_events<A: Adapter>(s: &SocketRef<A>) {
     rooms::register(s);
     moderation::register(s);
     s.on("message:send", on_send::<A>);
+    s.on("message:status", on_status::<A>);
     s.on("messages:history", on_history::<A>);
     s.on_fallback(on_unknown::<A>);
 }
@@ -172,26 +170,77 @@ async fn on_send<A: Adapter>(
 ) {
     let started = Instant::now();
     match gw.accept(&s, payload(data).as_ref()).await {
-        Ok((record, duplicate)) => {
+        Ok(sent) => {
             gw.metrics
                 .ack_latency
                 .observe(started.elapsed().as_secs_f64());
-            reply.ok(
-                json!({"messageId": record.message_id, "seq": record.seq, "duplicate": duplicate}),
-            );
-            if duplicate {
-                return;
-            }
-            let room = keys::conversation_room(&record.tenant_id, &record.conversation_id);
-            if let Err(e) = s.to(room).emit("message:new", &record.to_wire()).await {
-                tracing::warn!(error = %e, "broadcast of message:new failed");
+            reply.ok(json!({
+                "messageId": sent.message_id,
+                "seq": sent.seq,
+                "duplicate": sent.duplicate,
+                "status": sent.state.as_str(),
+            }));
+            if let Some(message) = sent.announce {
+                let room = keys::conversation_room(&s_tenant(&s), &message.conversation_id);
+                if let Err(e) = s.to(room).emit("message:new", &message).await {
+                    tracing::warn!(error = %e, "broadcast of message:new failed");
+                }
             }
         }
-        Err(e) => {
-            gw.metrics.reject(e.code);
-            reply.err(&e);
+        Err(SendError { error, message }) => {
+            gw.metrics.reject(error.code);
+            match message {
+                Some((id, seq)) => reply.err_with(&error, json!({"messageId": id, "seq": seq})),
+                None => reply.err(&error),
+            }
         }
     }
+}
+
+/// The socket's tenant (empty when unauthenticated, which the handshake prevents).
+fn s_tenant<A: Adapter>(s: &SocketRef<A>) -> String {
+    identity(s).map(|i| i.tenant_id).unwrap_or_default()
+}
+
+/// `message:status`: where the caller's own messages stand, by `clientMessageId` — how a
+/// client that missed `message:persisted`/`message:failed` (it was offline, or reconnected
+/// to another gateway) learns the outcome of its sends.
+async fn on_status<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    reply: Reply<A>,
+    State(gw): State<Shared>,
+) {
+    let result = async {
+        let id = identity(&s)?;
+        let req = StatusRequest::parse(payload(data).as_ref())?;
+        gw.member(&id, &req.conversation_id).await?;
+        let found = gw
+            .delivery
+            .statuses(
+                &id.tenant_id,
+                &req.conversation_id,
+                &id.user_id,
+                &req.client_message_ids,
+            )
+            .await?;
+        let messages: Vec<Value> = found
+            .into_iter()
+            .map(|m| match m.status {
+                Some(st) => json!({
+                    "clientMessageId": m.client_message_id,
+                    "status": st.state.as_str(),
+                    "messageId": st.message_id,
+                    "seq": st.seq,
+                    "reason": st.reason,
+                }),
+                None => json!({"clientMessageId": m.client_message_id, "status": "unknown"}),
+            })
+            .collect();
+        Ok(json!({"conversationId": req.conversation_id, "messages": messages}))
+    }
+    .await;
+    reply.send(result);
 }
 
 async fn on_history<A: Adapter>(
@@ -266,14 +315,13 @@ impl Gateway {
         Ok(access)
     }
 
-    /// Validates, authorizes, rate-limits and sequences a message, then produces it and
-    /// waits for the broker. On success the message is durable in Kafka. The flag is true
-    /// when the idempotency key was seen before (nothing new was produced).
+    /// Validates, authorizes and rate-limits a message, then sends it (see
+    /// `chat::delivery`): on success the broker has it.
     async fn accept<A: Adapter>(
         &self,
         s: &SocketRef<A>,
         data: Option<&Value>,
-    ) -> Result<(ChatRecord, bool), ClientError> {
+    ) -> Result<Sent, SendError> {
         let id = identity(s)?;
         let req = SendRequest::parse(data, self.cfg.limits.max_message_bytes)?;
         require_joined(s, &id, &req.conversation_id, "sending to it")?;
@@ -288,7 +336,7 @@ impl Gateway {
                 ),
             );
             e.retry_after_ms = mute.remaining_ms(now);
-            return Err(e);
+            return Err(e.into());
         }
         match self
             .rate
@@ -306,76 +354,26 @@ impl Gateway {
                     ),
                 );
                 e.retry_after_ms = Some(retry_after_ms);
-                return Err(e);
+                return Err(e.into());
             }
         }
-        let alloc = self
-            .sequencer
-            .allocate(
-                &id.tenant_id,
-                &req.conversation_id,
-                &id.user_id,
-                &req.client_message_id,
-            )
-            .await
-            .map_err(|e| self.internal(&e))?;
-        let crate::protocol::SendRequest {
+        let SendRequest {
             conversation_id,
             client_message_id,
             content,
         } = req;
-        let record = ChatRecord {
-            tenant_id: id.tenant_id,
-            conversation_id,
-            message_id: alloc.message_id,
-            seq: alloc.seq,
-            sender_id: id.user_id,
-            client_message_id,
-            content,
-            created_at_ms: now_ms(),
-        };
-        if alloc.duplicate {
-            // Same idempotency key: the first send owns production and confirmation.
-            return Ok((record, true));
-        }
-        if let Err(e) = self.produce(&record).await {
-            self.sequencer
-                .release(
-                    &record.tenant_id,
-                    &record.sender_id,
-                    &record.client_message_id,
-                )
-                .await
-                .map_err(|e| self.internal(&e))?;
-            return Err(self.internal(&e));
-        }
-        self.metrics.messages_accepted.inc();
-        if let Err(e) = self
-            .recent
-            .remember(&record.tenant_id, &record.to_wire())
+        self.delivery
+            .send(ChatRecord {
+                tenant_id: id.tenant_id,
+                conversation_id,
+                message_id: uuid::Uuid::now_v7().to_string(),
+                seq: 0,
+                sender_id: id.user_id,
+                client_message_id,
+                content,
+                created_at_ms: now,
+            })
             .await
-        {
-            // The message is durable in the broker; recovery falls back to MongoDB.
-            tracing::warn!(error = %e, "recording the message for recovery failed");
-        }
-        Ok((record, false))
-    }
-
-    /// Registers the pending confirmation, then produces; undoes the registration when the
-    /// broker refuses.
-    async fn produce(&self, record: &ChatRecord) -> Result<(), Error> {
-        self.pending.register(record).await?;
-        let sent = kafka::send(
-            &self.producer,
-            &self.cfg.kafka.message_topic,
-            &record.key(),
-            &serde_json::to_vec(record)?,
-        )
-        .await;
-        if sent.is_err() {
-            self.pending.forget(&record.message_id).await?;
-        }
-        sent
     }
 
     pub fn confirmation_poll_interval(&self) -> Duration {

@@ -189,10 +189,6 @@ impl Gateway {
         );
         entry.role = Some(req.role);
         self.record(&entry).await?;
-        self.rooms
-            .set_role(tenant, conversation, target, req.role)
-            .await
-            .map_err(|e| self.internal(&e))?;
         let body = json!({
             "action": action.name(),
             "conversationId": conversation,

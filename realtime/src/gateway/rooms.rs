@@ -65,7 +65,6 @@ async fn on_join<A: Adapter>(
                 conversation,
                 &id.user_id,
                 &s.id.to_string(),
-                access.role,
             )
             .await
             .map_err(|e| gw.internal(&e))?;

@@ -88,8 +88,6 @@ impl RecentMessages {
             .ignore()
             .pexpire(keys::room_sockets(tenant, conversation), ttl_ms)
             .ignore()
-            .pexpire(keys::room_members(tenant, conversation), ttl_ms)
-            .ignore()
             .query_async(&mut conn)
             .await?;
         Ok(())

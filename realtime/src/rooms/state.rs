@@ -1,6 +1,6 @@
 //! Room state in Redis, shared by every gateway: which sockets of which users are in a
-//! conversation (presence), the members who joined with their roles, and the last
-//! activity. Every key expires after `ROOM_STATE_TTL_HOURS` without activity.
+//! conversation (presence) and the last activity. Roles are not kept here: they are part
+//! of a participant's cached standing (`rooms::access`). Every key expires after `ROOM_STATE_TTL_HOURS` without activity.
 //!
 //! Each socket entry names the gateway that holds it. A gateway keeps a liveness key
 //! alive with a heartbeat; entries of a gateway whose key expired (it crashed) are
@@ -12,7 +12,6 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::permissions::Role;
 use crate::error::Result;
 use crate::keys;
 
@@ -20,7 +19,6 @@ const ROOM: &str = r#"
 local op, user = ARGV[1], ARGV[2]
 if op == 'add' then
   redis.call('HSET', KEYS[1], user .. '|' .. ARGV[3], ARGV[4])
-  redis.call('HSET', KEYS[2], user, ARGV[6])
 elseif op == 'del' then
   redis.call('HDEL', KEYS[1], user .. '|' .. ARGV[3])
 elseif op == 'remove_user' then
@@ -28,13 +26,10 @@ elseif op == 'remove_user' then
   for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
   end
-  redis.call('HDEL', KEYS[2], user)
-elseif op == 'role' then
-  if redis.call('HEXISTS', KEYS[2], user) == 1 then redis.call('HSET', KEYS[2], user, ARGV[6]) end
 end
 if op ~= 'list' then
-  redis.call('SET', KEYS[3], ARGV[7])
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+  redis.call('SET', KEYS[2], ARGV[6])
+  for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 end
 local alive, seen, online = {}, {}, {}
 local all = redis.call('HGETALL', KEYS[1])
@@ -42,7 +37,7 @@ for i = 1, #all, 2 do
   local field, gw = all[i], all[i + 1]
   local ok = alive[gw]
   if ok == nil then
-    ok = redis.call('EXISTS', ARGV[8] .. gw) == 1
+    ok = redis.call('EXISTS', ARGV[7] .. gw) == 1
     alive[gw] = ok
   end
   if ok then
@@ -61,10 +56,9 @@ return online
 
 /// What a room operation changes before presence is read.
 enum Op<'a> {
-    Add { socket: &'a str, role: Role },
+    Add { socket: &'a str },
     Remove { socket: &'a str },
     RemoveUser,
-    Role(Role),
     List,
 }
 
@@ -104,9 +98,8 @@ impl RoomState {
         conversation: &str,
         user: &str,
         socket: &str,
-        role: Role,
     ) -> Result<Vec<String>> {
-        self.run(tenant, conversation, user, Op::Add { socket, role })
+        self.run(tenant, conversation, user, Op::Add { socket })
             .await
     }
 
@@ -132,19 +125,6 @@ impl RoomState {
         self.run(tenant, conversation, user, Op::RemoveUser).await
     }
 
-    /// Records a member's new role (when they joined the room before).
-    pub async fn set_role(
-        &self,
-        tenant: &str,
-        conversation: &str,
-        user: &str,
-        role: Role,
-    ) -> Result<()> {
-        self.run(tenant, conversation, user, Op::Role(role))
-            .await
-            .map(drop)
-    }
-
     /// Users with at least one socket in the room on a live gateway, sorted.
     pub async fn online(&self, tenant: &str, conversation: &str) -> Result<Vec<String>> {
         self.run(tenant, conversation, "", Op::List).await
@@ -157,25 +137,22 @@ impl RoomState {
         user: &str,
         op: Op<'_>,
     ) -> Result<Vec<String>> {
-        let (name, socket, role) = match op {
-            Op::Add { socket, role } => ("add", socket, role.as_str()),
-            Op::Remove { socket } => ("del", socket, ""),
-            Op::RemoveUser => ("remove_user", "", ""),
-            Op::Role(role) => ("role", "", role.as_str()),
-            Op::List => ("list", "", ""),
+        let (name, socket) = match op {
+            Op::Add { socket } => ("add", socket),
+            Op::Remove { socket } => ("del", socket),
+            Op::RemoveUser => ("remove_user", ""),
+            Op::List => ("list", ""),
         };
         let mut conn = self.redis.clone();
         let online: Vec<String> = self
             .script
             .key(keys::room_sockets(tenant, conversation))
-            .key(keys::room_members(tenant, conversation))
             .key(keys::room_activity(tenant, conversation))
             .arg(name)
             .arg(user)
             .arg(socket)
             .arg(&self.gateway_id)
             .arg(self.ttl.as_millis().max(1) as u64)
-            .arg(role)
             .arg(crate::protocol::now_ms())
             .arg(keys::GATEWAY_ALIVE_PREFIX)
             .invoke_async(&mut conn)

@@ -3,6 +3,12 @@
 //! `conversations {tenant_id, conversation_id, participants: [{user_id, role}], last_message_at}`,
 //! `messages {tenant_id, conversation_id, message_id, seq, sender_id, content, created_at}`.
 //! Every query carries `tenant_id`.
+//!
+//! Message writes carry the configured write concern (`MONGODB_WRITE_CONCERN`, majority by
+//! default); a `writeConcernError` fails the write like any other error. A message that
+//! will never be stored is *fenced*: a tombstone `{message_id, seq, …, tombstone: true}`
+//! takes its id in the unique index, so a copy still in Kafka cannot be stored later.
+//! Readers skip tombstones.
 
 use std::collections::BTreeMap;
 
@@ -21,17 +27,77 @@ pub const CONVERSATIONS: &str = "conversations";
 pub const MESSAGES: &str = "messages";
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
+/// Readers of `messages` skip tombstones of messages that failed.
+fn not_tombstone() -> Document {
+    doc! {"tombstone": {"$ne": true}}
+}
+
+/// Error codes of a write error that a retry may cure (MongoDB's retryable-write codes
+/// and write-concern failures); any other write error is a verdict on the document.
+const RETRYABLE_CODES: [i32; 14] = [
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 64, 50,
+];
+
+/// The outcome of writing a batch of messages.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// Messages stored by this write.
+    pub inserted: u64,
+    /// Messages that were stored before (redeliveries, copies, fenced ids).
+    pub redelivered: u64,
+    /// Messages the database refused for good, by index in the batch, with the reason.
+    pub refused: Vec<(usize, String)>,
+}
+
+/// The outcome of fencing a message off (see [`Store::fence_message`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// A tombstone holds the id: the message can never be stored.
+    Fenced,
+    /// The message itself was stored first.
+    Stored,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
+    write_concern: Document,
 }
 
 impl Store {
-    pub async fn connect(uri: &str, database: &str) -> Result<Self> {
+    /// `write_concern` is MongoDB's `w`: `majority`, a number of nodes, or a tag set name;
+    /// `write_timeout_ms` bounds the wait for it (0: no bound).
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        write_concern: &str,
+        write_timeout_ms: u64,
+    ) -> Result<Self> {
         let client = Client::with_uri_str(uri).await?;
+        let w = match write_concern.parse::<i32>() {
+            Ok(n) => Bson::Int32(n),
+            Err(_) => Bson::String(write_concern.to_owned()),
+        };
+        let mut concern = doc! {"w": w};
+        if write_timeout_ms > 0 {
+            concern.insert(
+                "wtimeout",
+                i64::try_from(write_timeout_ms).unwrap_or(i64::MAX),
+            );
+        }
         Ok(Self {
             db: client.database(database),
+            write_concern: concern,
         })
+    }
+
+    /// Runs a write command with the configured write concern and fails on a
+    /// `writeConcernError` (which arrives with `ok: 1`).
+    async fn write(&self, mut command: Document) -> Result<Document> {
+        command.insert("writeConcern", self.write_concern.clone());
+        let reply = self.db.run_command(command).await?;
+        check_write_concern(&reply)?;
+        Ok(reply)
     }
 
     pub fn database(&self) -> &Database {
@@ -109,6 +175,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<WireMessage>> {
         let mut filter = doc! {"tenant_id": tenant, "conversation_id": conversation};
+        filter.extend(not_tombstone());
         if let Some(before) = before_seq {
             filter.insert("seq", doc! {"$lt": to_i64(before)});
         }
@@ -150,10 +217,18 @@ impl Store {
 
     /// Stores a batch keyed by `message_id` so that a redelivered message changes nothing.
     /// With the unique index ([`Self::message_id_is_unique`]) this is one unordered
-    /// `insert` whose duplicate-key refusals are the redeliveries (about twice as fast as
-    /// upserts); without it, one `update` command of `$setOnInsert` upserts. Returns how
-    /// many documents were new.
-    pub async fn write_messages(&self, records: &[ChatRecord], unique_index: bool) -> Result<u64> {
+    /// `insert` whose duplicate-key refusals on that index are the redeliveries (about
+    /// twice as fast as upserts); without it, one `update` command of `$setOnInsert`
+    /// upserts. Documents the database refuses for good are reported, not retried; a
+    /// failure a retry may cure (network, election, write concern) fails the call.
+    pub async fn write_messages(
+        &self,
+        records: &[ChatRecord],
+        unique_index: bool,
+    ) -> Result<WriteOutcome> {
+        if records.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
         if unique_index {
             self.insert_messages(records).await
         } else {
@@ -161,33 +236,28 @@ impl Store {
         }
     }
 
-    async fn insert_messages(&self, records: &[ChatRecord]) -> Result<u64> {
-        if records.is_empty() {
-            return Ok(0);
-        }
+    async fn insert_messages(&self, records: &[ChatRecord]) -> Result<WriteOutcome> {
         let documents: Vec<Bson> = records
             .iter()
             .map(|r| message_document(r).map(Bson::Document))
             .collect::<Result<_>>()?;
         let reply = self
-            .db
-            .run_command(doc! {"insert": MESSAGES, "documents": documents, "ordered": false})
+            .write(doc! {"insert": MESSAGES, "documents": documents, "ordered": false})
             .await?;
-        let duplicates = duplicate_key_errors(&reply)?;
+        let (redelivered, refused) = classify_write_errors(&reply)?;
         let inserted = reply
             .get_i32("n")
             .map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        tracing::debug!(inserted, duplicates, "messages inserted");
-        Ok(inserted)
+        tracing::debug!(inserted, redelivered, refused = refused.len(), "messages inserted");
+        Ok(WriteOutcome {
+            inserted,
+            redelivered,
+            refused,
+        })
     }
 
-    /// Stores a batch with one `update` command of upserts keyed by `message_id`
-    /// (`$setOnInsert`), so a redelivered message changes nothing. Returns how many
-    /// documents were newly inserted.
-    pub async fn upsert_messages(&self, records: &[ChatRecord]) -> Result<u64> {
-        if records.is_empty() {
-            return Ok(0);
-        }
+    /// One `update` command of upserts keyed by `message_id` (`$setOnInsert`).
+    async fn upsert_messages(&self, records: &[ChatRecord]) -> Result<WriteOutcome> {
         let updates: Vec<Bson> = records
             .iter()
             .map(|r| {
@@ -199,11 +269,46 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let reply = self
-            .db
-            .run_command(doc! {"update": MESSAGES, "updates": updates, "ordered": false})
+            .write(doc! {"update": MESSAGES, "updates": updates, "ordered": false})
             .await?;
-        check_write_reply(&reply)?;
-        Ok(reply.get_array("upserted").map_or(0, |a| a.len() as u64))
+        let (_, refused) = classify_write_errors(&reply)?;
+        let inserted = reply.get_array("upserted").map_or(0, |a| a.len() as u64);
+        Ok(WriteOutcome {
+            inserted,
+            redelivered: (records.len() as u64)
+                .saturating_sub(inserted)
+                .saturating_sub(refused.len() as u64),
+            refused,
+        })
+    }
+
+    /// Fences a message off: writes a tombstone with its id unless the message (or an
+    /// earlier tombstone) holds the id already. After `Fenced`, no copy of the message
+    /// can be stored (the persister's insert meets the unique id); after `Stored`, it is
+    /// stored.
+    pub async fn fence_message(&self, r: &ChatRecord) -> Result<Fence> {
+        let reply = self
+            .write(doc! {
+                "findAndModify": MESSAGES,
+                "query": {"message_id": &r.message_id},
+                "update": {"$setOnInsert": {
+                    "tenant_id": &r.tenant_id,
+                    "conversation_id": &r.conversation_id,
+                    "message_id": &r.message_id,
+                    "seq": to_i64(r.seq),
+                    "sender_id": &r.sender_id,
+                    "client_message_id": &r.client_message_id,
+                    "created_at": DateTime::from_millis(r.created_at_ms),
+                    "tombstone": true,
+                }},
+                "upsert": true,
+                "new": false,
+            })
+            .await?;
+        Ok(match reply.get_document("value") {
+            Ok(existing) if !existing.get_bool("tombstone").unwrap_or(false) => Fence::Stored,
+            _ => Fence::Fenced,
+        })
     }
 
     /// Moves `last_message_at` of each conversation forward to its newest message in the
@@ -229,8 +334,7 @@ impl Store {
             })
             .collect();
         let reply = self
-            .db
-            .run_command(doc! {"update": CONVERSATIONS, "updates": updates, "ordered": false})
+            .write(doc! {"update": CONVERSATIONS, "updates": updates, "ordered": false})
             .await?;
         check_write_reply(&reply)
     }
@@ -240,30 +344,70 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Counts write errors that are duplicate-key refusals (code 11000); any other write error
-/// fails the whole call.
-fn duplicate_key_errors(reply: &Document) -> Result<usize> {
+fn code_of(d: &Document) -> Option<i64> {
+    match d.get("code")? {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+/// True when a duplicate-key error is about the `message_id` index (a redelivery), not
+/// about another unique index a deployment added.
+fn on_message_id(error: &Document) -> bool {
+    match error.get_document("keyPattern") {
+        Ok(pattern) => pattern.keys().eq(["message_id"]),
+        // Servers that omit keyPattern name the index in the message.
+        Err(_) => error
+            .get_str("errmsg")
+            .is_ok_and(|m| m.contains("message_id")),
+    }
+}
+
+/// Sorts the write errors of an unordered write: duplicates of `message_id` are
+/// redeliveries; codes a retry may cure fail the call; anything else is a refusal of
+/// that document, returned with its index and reason.
+fn classify_write_errors(reply: &Document) -> Result<(u64, Vec<(usize, String)>)> {
     let Ok(errors) = reply.get_array("writeErrors") else {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     };
-    let mut duplicates = 0;
+    let mut redelivered = 0;
+    let mut refused = Vec::new();
     for e in errors {
-        let code = e
-            .as_document()
-            .and_then(|d| d.get("code"))
-            .and_then(|c| match c {
-                Bson::Int32(v) => Some(i64::from(*v)),
-                Bson::Int64(v) => Some(*v),
-                Bson::Double(v) => Some(*v as i64),
-                _ => None,
-            });
-        if code == Some(11000) {
-            duplicates += 1;
+        let Some(e) = e.as_document() else { continue };
+        let code = code_of(e);
+        let reason = format!(
+            "code {}: {}",
+            code.unwrap_or(0),
+            e.get_str("errmsg").unwrap_or("no message")
+        );
+        if code == Some(11000) && on_message_id(e) {
+            redelivered += 1;
+        } else if code.is_some_and(|c| RETRYABLE_CODES.iter().any(|r| i64::from(*r) == c)) {
+            return Err(Error::Other(format!("mongodb write error, retrying: {reason}")));
         } else {
-            return Err(Error::Other(format!("mongodb write error: {e}")));
+            let index = e
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or(usize::MAX);
+            refused.push((index, reason));
         }
     }
-    Ok(duplicates)
+    Ok((redelivered, refused))
+}
+
+/// A `writeConcernError` means the write may not survive a failover: a failed write.
+fn check_write_concern(reply: &Document) -> Result<()> {
+    match reply.get_document("writeConcernError") {
+        Ok(e) => Err(Error::Other(format!(
+            "mongodb write concern not satisfied (code {}): {}",
+            code_of(e).unwrap_or(0),
+            e.get_str("errmsg").unwrap_or("no message")
+        ))),
+        Err(_) => Ok(()),
+    }
 }
 
 fn check_write_reply(reply: &Document) -> Result<()> {
@@ -349,13 +493,34 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_redeliveries_other_errors_fail() {
-        assert_eq!(duplicate_key_errors(&doc! {"n": 2}).unwrap(), 0);
-        let dup = doc! {"n": 1, "writeErrors": [{"index": 1, "code": 11000}, {"index": 2, "code": 11000_i64}]};
-        assert_eq!(duplicate_key_errors(&dup).unwrap(), 2);
-        let other =
-            doc! {"n": 0, "writeErrors": [{"index": 0, "code": 11000}, {"index": 1, "code": 121}]};
-        assert!(duplicate_key_errors(&other).is_err());
+    fn only_duplicates_of_message_id_are_redeliveries() {
+        assert_eq!(
+            classify_write_errors(&doc! {"n": 2}).unwrap(),
+            (0, Vec::new())
+        );
+        let reply = doc! {"n": 1, "writeErrors": [
+            {"index": 1, "code": 11000, "keyPattern": {"message_id": 1}},
+            {"index": 2, "code": 11000_i64, "errmsg": "E11000 index: message_id_1 dup key"},
+            {"index": 3, "code": 11000, "keyPattern": {"client_message_id": 1}, "errmsg": "dup"},
+            {"index": 4, "code": 121, "errmsg": "Document failed validation"},
+        ]};
+        let (redelivered, refused) = classify_write_errors(&reply).unwrap();
+        assert_eq!(redelivered, 2);
+        assert_eq!(
+            refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert!(refused[1].1.contains("failed validation"));
+        let retry = doc! {"writeErrors": [{"index": 0, "code": 91, "errmsg": "shutting down"}]};
+        assert!(classify_write_errors(&retry).is_err());
+    }
+
+    #[test]
+    fn a_write_concern_error_is_a_failed_write() {
+        assert!(check_write_concern(&doc! {"ok": 1, "n": 1}).is_ok());
+        let e = check_write_concern(&doc! {"ok": 1, "n": 1, "writeConcernError": {"code": 100, "errmsg": "Not enough data-bearing nodes"}})
+            .unwrap_err();
+        assert!(e.to_string().contains("write concern"), "{e}");
     }
 
     #[test]

@@ -207,6 +207,7 @@ impl Store {
                 "tenant_id": tenant,
                 "conversation_id": conversation,
                 "seq": {"$gt": to_i64(after_seq)},
+                "tombstone": {"$ne": true},
             })
             .sort(doc! {"seq": 1})
             .limit(i64::from(limit))
