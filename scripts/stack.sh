@@ -72,7 +72,7 @@ wait_ready() {
 
 up() {
   install
-  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --protected-mode yes
+  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --protected-mode yes --databases 64
   start kafka "$KAFKA_PORT" "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/
   start mongo "$MONGO_PORT" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory:
@@ -108,6 +108,7 @@ env_vars() {
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/?protocol=resp3
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
+export TANSU_BIN=$(tansu_bin)
 EOV
 }
 

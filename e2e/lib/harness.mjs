@@ -109,6 +109,7 @@ export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefi
       LISTEN_ADDR: `127.0.0.1:${port}`,
       REDIS_URL: redisUrlWithDb(redisDb),
       KAFKA_BROKERS: stack.KAFKA_BROKERS,
+      KAFKA_DEAD_LETTER_TOPIC: `${topicPrefix}.chat.messages.dlq`,
       KAFKA_MESSAGE_TOPIC: `${topicPrefix}.chat.messages`,
       KAFKA_PERSISTENCE_TOPIC: `${topicPrefix}.chat.persistence.events`,
       KAFKA_GROUP_PREFIX: groupPrefix ?? topicPrefix,
@@ -153,6 +154,54 @@ export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefi
   return proc;
 }
 
+/**
+ * Starts a Kafka-protocol broker of the test's own (tansu, memory storage) on a free
+ * loopback port, so a test can pause (SIGSTOP), resume or kill it without touching the
+ * shared stack. Stopped by `stopAll()`.
+ */
+export async function startBroker() {
+  const bin = process.env.TANSU_BIN;
+  if (!bin || !existsSync(bin)) {
+    throw new Error("TANSU_BIN not set or missing: eval \"$(scripts/stack.sh env)\" after scripts/stack.sh up");
+  }
+  const port = await freePort();
+  const url = `tcp://127.0.0.1:${port}`;
+  const child = spawn(bin, ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const proc = { child, port, role: "broker", log: [], brokers: `127.0.0.1:${port}` };
+  child.stdout.on("data", (c) => proc.log.push(c.toString()));
+  child.stderr.on("data", (c) => proc.log.push(c.toString()));
+  proc.exited = new Promise((ok) => child.on("exit", (code, signal) => ok({ code, signal })));
+  running.add(proc);
+  proc.exited.then(() => running.delete(proc));
+  proc.pause = () => child.kill("SIGSTOP");
+  proc.resume = () => child.kill("SIGCONT");
+  await waitFor(
+    () =>
+      new Promise((ok) => {
+        const s = tcpConnect(port, "127.0.0.1");
+        s.on("connect", () => (s.end(), ok(true)));
+        s.on("error", () => ok(false));
+      }),
+    { timeoutMs: 10_000, what: `broker on ${port}` },
+  );
+  return proc;
+}
+
+/** The value of a Prometheus sample of `proc` (0 when absent), e.g. metric(gw, "realtime_delivery_retries_total"). */
+export async function metric(proc, sample) {
+  const text = await (await fetch(`${proc.url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(sample + " "));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
+
+/** Keeps Redis busy (a script spinning on the server clock) for `ms`, as a slow or stalled Redis would be. */
+export async function stallRedis(db, ms) {
+  const script = `local t=redis.call('TIME') local s=t[1]*1000000+t[2] repeat local n=redis.call('TIME') until n[1]*1000000+n[2]-s >= ${ms * 1000} return 1`;
+  return redisCommand(db, "EVAL", script, 0);
+}
+
 /** Stops a process: SIGTERM (graceful) by default, SIGKILL to simulate a crash. */
 export async function stop(proc, signal = "SIGTERM") {
   if (proc.child.exitCode !== null || proc.child.signalCode !== null) return proc.exited;
@@ -169,6 +218,9 @@ export async function stopAll() {
   }
   await Promise.all([...running].map((p) => stop(p, "SIGKILL")));
 }
+
+/** Environment for `startRealtime` that points a process at a private broker. */
+export const onBroker = (broker, env = {}) => ({ KAFKA_BROKERS: broker.brokers, ...env });
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("cannot create Kafka topics at KAFKA_BROKERS")?;
     }
-    let producer = kafka::producer(&cfg.kafka)?;
+    let producer = Arc::new(kafka::Producer::new(&cfg.kafka, &cfg.kafka.group_prefix)?);
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -99,7 +99,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store: store.clone(),
             recent: recent.clone(),
             metrics: metrics.clone(),
-            installation: cfg.kafka.group_prefix.clone(),
             topic: cfg.kafka.message_topic.clone(),
         };
         let gw = Arc::new(Gateway {
@@ -235,13 +234,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     stop.cancel();
     let flush_for = left();
-    let flushed = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer;
-        producer.flush(flush_for)
-    });
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_for));
     if !matches!(
         tokio::time::timeout(left() + Duration::from_millis(100), flushed).await,
-        Ok(Ok(Ok(())))
+        Ok(Ok(true))
     ) {
         tracing::warn!("the producer could not flush every message before exit");
     }

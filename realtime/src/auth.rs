@@ -1,7 +1,9 @@
 //! Client authentication: HS256 JWTs carrying tenant, user and roles.
 //!
 //! Owns token verification and minting (for the dev tool and tests). Never logs a token
-//! or the secret; errors say what is wrong with the token, not what it contains.
+//! or the secret; errors name the claim that is wrong, never what it contains. Checked as
+//! RFC 7519 says: `exp` and `nbf` (with the same 5 s leeway), `iss` and `aud` when
+//! configured (`aud` may be a string or an array that contains the expected audience).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -18,10 +20,14 @@ pub struct Claims {
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (RFC 7519 §4.1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 }
@@ -51,6 +57,7 @@ impl Verifier {
     pub fn new(secret: &str, issuer: Option<&str>, audience: Option<&str>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
@@ -81,16 +88,32 @@ impl Verifier {
 
     /// Checks a token and returns the identity it proves.
     pub fn verify(&self, token: &str) -> Result<Identity, ClientError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| unauthorized(describe(e.kind())))?;
+        // Decoded loosely, so a claim of the wrong type is named in the refusal.
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| unauthorized(&describe(e.kind())))?;
         let claims = data.claims;
-        validate_id("token claim tenant_id", &claims.tenant_id)
-            .and_then(|()| validate_id("token claim sub", &claims.sub))
+        let tenant_id = string_claim(&claims, "tenant_id")?;
+        let user_id = string_claim(&claims, "sub")?;
+        validate_id("token claim tenant_id", &tenant_id)
+            .and_then(|()| validate_id("token claim sub", &user_id))
             .map_err(|e| unauthorized(&e.message))?;
+        let roles = match claims.get("roles") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|r| r.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| unauthorized("token claim roles must be an array of strings"))?,
+            Some(_) => return Err(unauthorized("token claim roles must be an array of strings")),
+        };
         Ok(Identity {
-            tenant_id: claims.tenant_id,
-            user_id: claims.sub,
-            roles: claims.roles,
+            tenant_id,
+            user_id,
+            roles,
         })
     }
 }
@@ -99,17 +122,36 @@ fn unauthorized(message: &str) -> ClientError {
     ClientError::new(ErrorCode::Unauthorized, message)
 }
 
-fn describe(kind: &ErrorKind) -> &'static str {
+fn string_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<String, ClientError> {
+    match claims.get(name) {
+        Some(serde_json::Value::String(v)) => Ok(v.clone()),
+        None | Some(serde_json::Value::Null) => {
+            Err(unauthorized(&format!("token lacks the {name} claim")))
+        }
+        Some(_) => Err(unauthorized(&format!("token claim {name} must be a string"))),
+    }
+}
+
+fn describe(kind: &ErrorKind) -> String {
     match kind {
-        ErrorKind::ExpiredSignature => "token has expired",
-        ErrorKind::InvalidSignature => "token signature is not valid",
-        ErrorKind::InvalidIssuer => "token issuer is not accepted",
-        ErrorKind::InvalidAudience => "token audience is not accepted",
-        ErrorKind::ImmatureSignature => "token is not valid yet",
-        ErrorKind::InvalidAlgorithm => "token algorithm is not accepted (HS256 expected)",
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (sub, exp, iss, aud)",
-        ErrorKind::Json(_) => "token claims are malformed (tenant_id and sub must be strings)",
-        _ => "token is malformed",
+        ErrorKind::ExpiredSignature => "token has expired (claim exp)".into(),
+        ErrorKind::InvalidSignature => "token signature is not valid".into(),
+        ErrorKind::InvalidIssuer => "token issuer is not accepted (claim iss)".into(),
+        ErrorKind::InvalidAudience => "token audience is not accepted (claim aud)".into(),
+        ErrorKind::InvalidSubject => "token subject is not accepted (claim sub)".into(),
+        ErrorKind::ImmatureSignature => "token is not valid yet (claim nbf is in the future)".into(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            "token algorithm is not accepted (HS256 expected)".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the {claim} claim"),
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("token claim {claim} has the wrong type")
+        }
+        ErrorKind::Json(_) => "token claims are not a JSON object".into(),
+        _ => "token is malformed".into(),
     }
 }
 
@@ -152,6 +194,7 @@ mod tests {
             iss: Some("issuer".into()),
             aud: Some("chat".into()),
             exp: u64::try_from(now + exp_offset).unwrap(),
+            nbf: None,
             roles: vec!["admin".into()],
         }
     }
@@ -177,6 +220,10 @@ mod tests {
         other_iss.iss = Some("evil".into());
         let mut other_aud = claims(60);
         other_aud.aud = Some("admin-api".into());
+        let mut other_auds = claims(60);
+        other_auds.aud = Some(serde_json::json!(["admin-api", "billing"]));
+        let mut early = claims(60);
+        early.nbf = Some(u64::try_from(crate::protocol::now_ms() / 1000 + 120).unwrap());
         let mut bad_tenant = claims(60);
         bad_tenant.tenant_id = "a:b".into();
         let cases = [
@@ -184,6 +231,8 @@ mod tests {
             (wrong_key, "signature"),
             (mint("s3cret", &other_iss).unwrap(), "issuer"),
             (mint("s3cret", &other_aud).unwrap(), "audience"),
+            (mint("s3cret", &other_auds).unwrap(), "claim aud"),
+            (mint("s3cret", &early).unwrap(), "claim nbf"),
             (mint("s3cret", &bad_tenant).unwrap(), "tenant_id"),
             ("not-a-jwt".to_string(), "malformed"),
         ];
@@ -192,6 +241,51 @@ mod tests {
             assert_eq!(err.code, ErrorCode::Unauthorized);
             assert!(err.message.contains(needle), "{needle}: {}", err.message);
             assert!(!err.message.contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn audience_may_be_an_array_and_nbf_in_the_past_is_fine() {
+        let mut c = claims(60);
+        c.aud = Some(serde_json::json!(["billing", "chat"]));
+        c.nbf = Some(u64::try_from(crate::protocol::now_ms() / 1000 - 10).unwrap());
+        let id = verifier().verify(&mint("s3cret", &c).unwrap()).unwrap();
+        assert_eq!(id.user_id, "alice");
+    }
+
+    #[test]
+    fn every_refusal_names_the_claim() {
+        let raw = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let exp = crate::protocol::now_ms() / 1000 + 60;
+        let base = serde_json::json!({"sub": "a", "tenant_id": "t", "exp": exp, "iss": "issuer", "aud": "chat"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            raw(c)
+        };
+        let without = |k: &str| {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().remove(k);
+            raw(c)
+        };
+        for (token, needle) in [
+            (with("tenant_id", serde_json::json!(5)), "claim tenant_id must be a string"),
+            (with("sub", serde_json::json!({"id": 1})), "claim sub must be a string"),
+            (with("roles", serde_json::json!("admin")), "claim roles"),
+            (with("exp", serde_json::json!("tomorrow")), "exp"),
+            (without("tenant_id"), "lacks the tenant_id claim"),
+            (without("exp"), "lacks the exp claim"),
+            (without("aud"), "lacks the aud claim"),
+        ] {
+            let err = verifier().verify(&token).unwrap_err();
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
         }
     }
 

@@ -268,6 +268,30 @@ pub struct LimitsConfig {
         default_value_t = 20
     )]
     pub burst: u32,
+
+    /// Budgets of one connection for events other than `message:send`, per class:
+    /// `read` (history, recover, presence, status), `join` (join, leave), `other`
+    /// (typing, moderation, roles, ICE servers), each `RATE/BURST` (per second / at once).
+    #[arg(
+        long = "connection-event-limits",
+        env = "CONNECTION_EVENT_LIMITS",
+        default_value = "read:20/200,join:50/500,other:20/100"
+    )]
+    pub connection_events: crate::rate_limit::EventLimits,
+
+    /// Budget of one user (all connections, all gateways) for events other than
+    /// `message:send`, `RATE/BURST`.
+    #[arg(long = "user-event-limit", env = "USER_EVENT_LIMIT", default_value = "100/1000")]
+    pub user_events: crate::rate_limit::Rate,
+
+    /// Conversations one socket may have joined at once.
+    #[arg(
+        long = "max-rooms-per-socket",
+        env = "MAX_ROOMS_PER_SOCKET",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_rooms_per_socket: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -517,6 +541,31 @@ mod tests {
         assert_eq!(c.redis_url_resp3(), "redis://h:1/?db=2&protocol=resp3");
         c.redis_url = "redis://h:1/?protocol=resp3".into();
         assert_eq!(c.redis_url_resp3(), "redis://h:1/?protocol=resp3");
+    }
+
+    #[test]
+    fn out_of_range_turn_ttl_is_refused_not_changed() {
+        for ttl in ["0", "59", "604801"] {
+            let c = parse(&["--jwt-secret", "s", "--turn-credential-ttl", ttl]);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("TURN_CREDENTIAL_TTL"), "{ttl}: {err}");
+        }
+        for ttl in ["60", "604800"] {
+            assert!(parse(&["--jwt-secret", "s", "--turn-credential-ttl", ttl])
+                .validate()
+                .is_ok());
+        }
+    }
+
+    #[test]
+    fn replication_factor_is_at_least_one_or_the_brokers_default() {
+        assert_eq!(parse(&["--jwt-secret", "s"]).kafka.replication_factor, -1);
+        for rf in ["0", "-2"] {
+            let err = parse(&["--jwt-secret", "s", "--kafka-replication-factor", rf])
+                .validate()
+                .unwrap_err();
+            assert!(err.contains("KAFKA_REPLICATION_FACTOR"), "{err}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     /// A resent message that will never be stored (the broker never took it): send it
     /// again with a new `clientMessageId`.
     DeliveryFailed,
+    /// `room:join` past the number of conversations one connection may join.
+    TooManyRooms,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Muted => "muted",
             ErrorCode::TooFarBehind => "too_far_behind",
             ErrorCode::DeliveryFailed => "delivery_failed",
+            ErrorCode::TooManyRooms => "too_many_rooms",
         }
     }
 }
@@ -141,6 +144,7 @@ mod tests {
             ErrorCode::Muted,
             ErrorCode::TooFarBehind,
             ErrorCode::DeliveryFailed,
+            ErrorCode::TooManyRooms,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

@@ -1,5 +1,6 @@
-//! HTTP endpoints next to Socket.IO: `/healthz` (the process runs), `/readyz` (Redis,
-//! the broker and MongoDB answer) and `/metrics` (Prometheus text format).
+//! HTTP endpoints next to Socket.IO: `/healthz` (the process can work: fails while the
+//! idempotent producer is in a fatal state, until it is replaced), `/readyz` (that, and
+//! Redis, the broker and MongoDB answer) and `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
@@ -22,16 +22,26 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Probes {
     pub redis: ConnectionManager,
     pub store: Store,
-    pub producer: FutureProducer,
+    pub producer: Arc<crate::kafka::Producer>,
     pub metrics: Arc<Metrics>,
 }
 
 pub fn router(probes: Probes) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthy))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(probes)
+}
+
+async fn healthy(State(p): State<Probes>) -> impl IntoResponse {
+    match p.producer.fatal_error() {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the Kafka producer failed for good ({e}); it is replaced at the next send"),
+        ),
+    }
 }
 
 async fn ready(State(p): State<Probes>) -> impl IntoResponse {
@@ -43,20 +53,21 @@ async fn ready(State(p): State<Probes>) -> impl IntoResponse {
             .is_ok()
     };
     let mongo = async { p.store.ping().await.is_ok() };
-    let kafka = crate::kafka::reachable(&p.producer, CHECK_TIMEOUT);
+    let kafka = p.producer.reachable(CHECK_TIMEOUT);
     let (redis, mongodb, kafka) = tokio::join!(
         with_timeout(redis),
         with_timeout(mongo),
         with_timeout(kafka)
     );
-    let status = if redis && mongodb && kafka {
+    let producer = p.producer.fatal_error().is_none();
+    let status = if redis && mongodb && kafka && producer {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        axum::Json(json!({"redis": redis, "mongodb": mongodb, "kafka": kafka})),
+        axum::Json(json!({"redis": redis, "mongodb": mongodb, "kafka": kafka, "producer": producer})),
     )
 }
 

@@ -154,7 +154,8 @@ impl IceProvider {
             servers: static_servers(&cfg.urls).map_err(anyhow::Error::msg)?,
             secret: cfg.secret.clone(),
             secret_file: cfg.secret_file.clone(),
-            ttl: Duration::from_secs(cfg.credential_ttl.max(60)),
+            // In range: `Config::validate` refuses anything else at start-up.
+            ttl: Duration::from_secs(cfg.credential_ttl),
         })
     }
 

@@ -10,8 +10,8 @@ use rdkafka::{ClientConfig, Message};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -49,31 +49,134 @@ pub fn consumer(cfg: &KafkaConfig, group: &str, auto_commit: bool) -> Result<Str
 /// Header naming the installation that produced a record (`KAFKA_GROUP_PREFIX`).
 pub const INSTALLATION_HEADER: &str = "realtime-installation";
 
-/// Produces one record, tagged with `installation`, and waits for the broker's
-/// acknowledgement. An error does not say the record was not written: a delivery that
-/// timed out in flight may still have reached the broker.
-pub async fn send(
-    producer: &FutureProducer,
-    installation: &str,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-) -> Result<()> {
-    let headers = OwnedHeaders::new().insert(Header {
-        key: INSTALLATION_HEADER,
-        value: Some(installation),
-    });
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(key)
-                .payload(payload)
-                .headers(headers),
-            Duration::from_secs(0),
+/// The idempotent producer of a process, which heals itself: an idempotent producer
+/// whose producer id the broker no longer accepts (fenced, unknown, out of sequence — after
+/// a delivery timed out in flight, a broker restart, or a fatal error) can never produce
+/// again, so it is replaced by a new one and the record is sent once more. A new producer
+/// id loses librdkafka's deduplication of retries in flight, which costs nothing here:
+/// every record carries its message id and storage is keyed by it.
+pub struct Producer {
+    cfg: KafkaConfig,
+    installation: String,
+    current: std::sync::RwLock<FutureProducer>,
+    rebuilds: std::sync::atomic::AtomicU64,
+}
+
+/// Errors after which the producer id is useless.
+fn needs_new_producer(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::Fatal
         )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| Error::Kafka(e))
+    )
+}
+
+impl Producer {
+    pub fn new(cfg: &KafkaConfig, installation: &str) -> Result<Self> {
+        Ok(Self {
+            cfg: cfg.clone(),
+            installation: installation.to_owned(),
+            current: std::sync::RwLock::new(producer(cfg)?),
+            rebuilds: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn get(&self) -> FutureProducer {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many times the producer was replaced.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces `broken` unless another caller replaced it already.
+    fn rebuild(&self, broken: &FutureProducer) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !std::ptr::eq(current.client().native_ptr(), broken.client().native_ptr()) {
+            return;
+        }
+        match producer(&self.cfg) {
+            Ok(fresh) => {
+                *current = fresh;
+                self.rebuilds
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("the broker no longer accepts the producer's id; replaced the producer");
+            }
+            Err(e) => tracing::error!(error = %e, "replacing a broken producer failed"),
+        }
+    }
+
+    /// Produces one record, tagged with this installation (and `extra` headers), and
+    /// waits for the broker's acknowledgement. An error does not say the record was not
+    /// written: a delivery that timed out in flight may still have reached the broker.
+    pub async fn send_with(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        extra: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut last = None;
+        for _ in 0..2 {
+            let producer = self.get();
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: INSTALLATION_HEADER,
+                value: Some(self.installation.as_str()),
+            });
+            for (k, v) in extra {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                });
+            }
+            let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            match producer.send(record, Duration::from_secs(0)).await {
+                Ok(_) => return Ok(()),
+                Err((e, _)) if needs_new_producer(&e) || producer.client().fatal_error().is_some() => {
+                    self.rebuild(&producer);
+                    last = Some(e);
+                }
+                Err((e, _)) => return Err(Error::Kafka(e)),
+            }
+        }
+        Err(last.map_or_else(|| Error::Other("produce failed".into()), Error::Kafka))
+    }
+
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
+        self.send_with(topic, Some(key), payload, &[]).await
+    }
+
+    /// The current producer's fatal error, if any (it is replaced at the next send).
+    pub fn fatal_error(&self) -> Option<String> {
+        fatal_error(&self.get())
+    }
+
+    /// True when the broker answers a metadata request within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        reachable(&self.get(), timeout).await
+    }
+
+    /// Waits up to `timeout` for records in flight (blocking: call off the runtime).
+    pub fn flush(&self, timeout: Duration) -> bool {
+
+        self.get().flush(timeout).is_ok()
+    }
 }
 
 /// True when `msg` was produced by another installation (records without the header
@@ -86,7 +189,7 @@ pub fn foreign(msg: &impl Message, installation: &str) -> bool {
 }
 
 /// The producer's fatal error, if it has one: an idempotent producer that hit one can
-/// never produce again (the process must restart).
+/// never produce again.
 pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
     producer
         .client()
@@ -118,8 +221,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// True when the broker answers a metadata request within `timeout`.
-pub async fn reachable(producer: &FutureProducer, timeout: Duration) -> bool {
+async fn reachable(producer: &FutureProducer, timeout: Duration) -> bool {
+
     let client = producer.clone();
     tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
         .await

@@ -24,6 +24,11 @@ pub fn rate_limit(tenant: &str, user: &str) -> String {
     format!("rt:{tenant}:rl:{user}")
 }
 
+/// The user's bucket for events other than `message:send`.
+pub fn event_rate_limit(tenant: &str, user: &str) -> String {
+    format!("rt:{tenant}:rle:{user}")
+}
+
 pub fn membership(tenant: &str, conversation: &str, user: &str) -> String {
     format!("rt:{tenant}:authz:{conversation}:{user}")
 }
@@ -80,6 +85,7 @@ mod tests {
             sequence_verified("t", "c"),
             message("t", "c", "u", "k"),
             rate_limit("t", "u"),
+            event_rate_limit("t", "u"),
             membership("t", "c", "u"),
             conversation_cache("t", "c"),
             room_sockets("t", "c"),

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub foreign_records: Counter,
     pub sequence_repairs: Counter,
     pub rate_limited: Family<ClassLabel, Counter>,
+    pub room_joins: Family<OutcomeLabel, Counter>,
+    pub resend_waits: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +105,8 @@ impl Default for Metrics {
             foreign_records: Counter::default(),
             sequence_repairs: Counter::default(),
             rate_limited: Family::default(),
+            room_joins: Family::default(),
+            resend_waits: Counter::default(),
         };
         registry.register(
             "connected_sockets",
@@ -225,6 +229,16 @@ impl Default for Metrics {
             m.sequence_repairs.clone(),
         );
         registry.register(
+            "room_joins",
+            "room:join outcomes after the membership check (joined; gone: the socket closed meanwhile)",
+            m.room_joins.clone(),
+        );
+        registry.register(
+            "resend_waits",
+            "Resends that waited for the first send of the same message to finish",
+            m.resend_waits.clone(),
+        );
+        registry.register(
             "rate_limited",
             "Client events refused by a rate limit, by event class",
             m.rate_limited.clone(),
@@ -256,6 +270,10 @@ impl Metrics {
         self.moderation_actions
             .get_or_create(&ActionLabel { action })
             .inc();
+    }
+
+    pub fn room_join(&self, outcome: &'static str) {
+        self.room_joins.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn recovery(&self, outcome: &'static str) {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -38,7 +37,7 @@ pub struct Persister {
     pub cfg: Config,
     pub store: Store,
     pub redis: ConnectionManager,
-    pub producer: FutureProducer,
+    pub producer: Arc<kafka::Producer>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -222,14 +221,9 @@ impl Persister {
         self.refresh_cache(&stored).await?;
         let sends = events.iter().map(|(key, event)| async move {
             let bytes = serde_json::to_vec(event)?;
-            kafka::send(
-                &self.producer,
-                installation,
-                &self.cfg.kafka.persistence_topic,
-                key,
-                &bytes,
-            )
-            .await
+            self.producer
+                .send(&self.cfg.kafka.persistence_topic, key, &bytes)
+                .await
         });
         try_join_all(sends).await?;
         Ok(())
@@ -251,26 +245,14 @@ impl Persister {
     }
 
     async fn dead_letter(&self, key: Option<String>, payload: &[u8], reason: &str) -> Result<()> {
-        let headers = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: kafka::INSTALLATION_HEADER,
-                value: Some(self.cfg.kafka.group_prefix.as_str()),
-            })
-            .insert(rdkafka::message::Header {
-                key: REFUSED_HEADER,
-                value: Some(reason),
-            });
-        let mut record = rdkafka::producer::FutureRecord::to(&self.cfg.kafka.dead_letter_topic)
-            .payload(payload)
-            .headers(headers);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
         self.producer
-            .send(record, Duration::from_secs(0))
+            .send_with(
+                &self.cfg.kafka.dead_letter_topic,
+                key.as_deref(),
+                payload,
+                &[(REFUSED_HEADER, reason)],
+            )
             .await
-            .map(drop)
-            .map_err(|(e, _)| e.into())
     }
 
     /// Keeps `rt:{tenant}:conv:{id}` = {last_seq, last_message_at} for readers that must

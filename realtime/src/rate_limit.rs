@@ -1,7 +1,10 @@
-//! Per-user token bucket kept in Redis, so that every gateway enforces one shared limit.
+//! Rate limits. Per user, token buckets kept in Redis, so that every gateway enforces one
+//! shared limit: one for `message:send`, one for every other event. Per connection,
+//! in-process buckets per [`EventClass`] (Centrifugo's per-connection budgets are the
+//! model), so one connection cannot flood a gateway with reads.
 //!
-//! The bucket is refilled lazily by a Lua script using the Redis server's clock, which
-//! keeps gateways with skewed clocks consistent.
+//! The Redis buckets are refilled lazily by a Lua script using the Redis server's clock,
+//! which keeps gateways with skewed clocks consistent.
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -59,14 +62,30 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token from the user's bucket.
+    /// Takes one token from the user's message bucket.
     pub async fn check(&self, tenant: &str, user: &str) -> Result<Decision> {
+        self.take(
+            keys::rate_limit(tenant, user),
+            self.rate_per_second,
+            self.burst,
+        )
+        .await
+    }
+
+    /// Takes one token from the user's bucket of other events (all connections, all
+    /// gateways).
+    pub async fn check_events(&self, tenant: &str, user: &str, rate: Rate) -> Result<Decision> {
+        self.take(keys::event_rate_limit(tenant, user), rate.per_second, rate.burst)
+            .await
+    }
+
+    async fn take(&self, key: String, rate_per_second: f64, burst: u32) -> Result<Decision> {
         let mut conn = self.redis.clone();
         let (allowed, retry): (i64, i64) = self
             .script
-            .key(keys::rate_limit(tenant, user))
-            .arg(self.rate_per_second)
-            .arg(self.burst)
+            .key(key)
+            .arg(rate_per_second)
+            .arg(burst)
             .invoke_async(&mut conn)
             .await?;
         Ok(if allowed == 1 {
@@ -76,5 +95,177 @@ impl RateLimiter {
                 retry_after_ms: u64::try_from(retry).unwrap_or(0),
             }
         })
+    }
+}
+
+/// Events other than `message:send`, by the cost they put on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventClass {
+    /// Database or Redis reads: `messages:history`, `messages:recover`, `presence:get`,
+    /// `message:status`.
+    Read,
+    /// `room:join`, `room:leave`.
+    Join,
+    /// Everything else: `typing`, moderation, `room:role`, `call:ice-servers`.
+    Other,
+}
+
+impl EventClass {
+    pub const ALL: [EventClass; 3] = [EventClass::Read, EventClass::Join, EventClass::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventClass::Read => "read",
+            EventClass::Join => "join",
+            EventClass::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A sustained rate and a burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    /// `rate/burst`, e.g. `20/100`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (rate, burst) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not RATE/BURST (e.g. 20/100)"))?;
+        let per_second: f64 = rate
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {rate:?} is not a number"))?;
+        let burst: u32 = burst
+            .trim()
+            .parse()
+            .map_err(|_| format!("burst {burst:?} is not a whole number"))?;
+        if !per_second.is_finite() || per_second <= 0.0 || burst == 0 {
+            return Err(format!("{s:?}: rate and burst must be greater than 0"));
+        }
+        Ok(Self { per_second, burst })
+    }
+}
+
+/// Per-connection budgets, one per [`EventClass`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventLimits([Rate; 3]);
+
+impl EventLimits {
+    pub fn of(&self, class: EventClass) -> Rate {
+        self.0[class.index()]
+    }
+}
+
+impl std::str::FromStr for EventLimits {
+    type Err = String;
+    /// `read:20/100,join:50/500,other:20/60`: every class, each once.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut found: [Option<Rate>; 3] = [None; 3];
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, rate) = part
+                .split_once(':')
+                .ok_or_else(|| format!("{part:?} is not CLASS:RATE/BURST"))?;
+            let class = EventClass::ALL
+                .into_iter()
+                .find(|c| c.as_str() == name.trim())
+                .ok_or_else(|| format!("unknown event class {name:?}; use read, join, other"))?;
+            if found[class.index()].replace(rate.parse()?).is_some() {
+                return Err(format!("event class {name} is given twice"));
+            }
+        }
+        match found {
+            [Some(r), Some(j), Some(o)] => Ok(Self([r, j, o])),
+            _ => Err("give a limit for each of read, join and other".into()),
+        }
+    }
+}
+
+/// In-process token buckets of one connection (no Redis round trip: a connection lives
+/// on one gateway).
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    limits: EventLimits,
+    buckets: std::sync::Mutex<[(f64, std::time::Instant); 3]>,
+}
+
+impl ConnectionBudget {
+    pub fn new(limits: EventLimits) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            limits,
+            buckets: std::sync::Mutex::new(EventClass::ALL.map(|c| (f64::from(limits.of(c).burst), now))),
+        }
+    }
+
+    /// Takes one event of `class`; `Limited` says when one is available again.
+    pub fn take(&self, class: EventClass) -> Decision {
+        self.take_at(class, std::time::Instant::now())
+    }
+
+    fn take_at(&self, class: EventClass, now: std::time::Instant) -> Decision {
+        let rate = self.limits.of(class);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = &mut buckets[class.index()];
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Decision::Allowed
+        } else {
+            Decision::Limited {
+                retry_after_ms: ((1.0 - *tokens) * 1000.0 / rate.per_second).ceil() as u64,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_and_refuse_nonsense_with_a_reason() {
+        let l: EventLimits = "read:20/100, join:50/500,other:2.5/6".parse().unwrap();
+        assert_eq!(l.of(EventClass::Read), Rate { per_second: 20.0, burst: 100 });
+        assert_eq!(l.of(EventClass::Other), Rate { per_second: 2.5, burst: 6 });
+        for (bad, why) in [
+            ("read:20/100,join:50/500", "each of"),
+            ("read:20/100,join:50/500,other:1/1,read:1/1", "twice"),
+            ("read:20/100,join:50/500,write:1/1", "unknown event class"),
+            ("read:0/100,join:50/500,other:1/1", "greater than 0"),
+            ("read:20,join:50/500,other:1/1", "RATE/BURST"),
+        ] {
+            let err = bad.parse::<EventLimits>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_connection_gets_its_burst_then_the_rate() {
+        let budget = ConnectionBudget::new("read:10/3,join:1/1,other:1/1".parse().unwrap());
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(budget.take_at(EventClass::Read, t0), Decision::Allowed);
+        }
+        assert_eq!(
+            budget.take_at(EventClass::Read, t0),
+            Decision::Limited { retry_after_ms: 100 }
+        );
+        assert_eq!(budget.take_at(EventClass::Join, t0), Decision::Allowed, "classes are apart");
+        let later = t0 + std::time::Duration::from_millis(100);
+        assert_eq!(budget.take_at(EventClass::Read, later), Decision::Allowed);
     }
 }

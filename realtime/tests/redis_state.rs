@@ -425,3 +425,29 @@ async fn a_document_the_database_refuses_is_reported_not_retried() {
     assert!(out.refused[0].1.contains("11000"), "{:?}", out.refused);
     store.database().drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_authorization_cache_ttl_of_zero_means_no_cache() {
+    use realtime::rooms::access::{AccessCache, Source};
+    let store = store().await;
+    let tenant = unique("t");
+    store
+        .database()
+        .collection::<mongodb::bson::Document>("conversations")
+        .insert_one(mongodb::bson::doc! {
+            "tenant_id": &tenant, "conversation_id": "c",
+            "participants": [{"user_id": "u", "role": "member"}],
+        })
+        .await
+        .unwrap();
+    let uncached = AccessCache::new(redis().await, store.clone(), 0);
+    for _ in 0..2 {
+        let (access, source) = uncached.get(&tenant, "c", "u").await.unwrap();
+        assert!(access.is_some());
+        assert_eq!(source, Source::Database, "every check reads MongoDB");
+    }
+    let cached = AccessCache::new(redis().await, store.clone(), 60);
+    assert_eq!(cached.get(&tenant, "c", "u").await.unwrap().1, Source::Database);
+    assert_eq!(cached.get(&tenant, "c", "u").await.unwrap().1, Source::Cache);
+    store.database().drop().await.unwrap();
+}

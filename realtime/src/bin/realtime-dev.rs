@@ -73,8 +73,9 @@ impl Cli {
             sub: user.to_owned(),
             tenant_id: tenant.to_owned(),
             iss: self.jwt_issuer.clone(),
-            aud: self.jwt_audience.clone(),
+            aud: self.jwt_audience.clone().map(serde_json::Value::String),
             exp,
+            nbf: None,
             roles,
         };
         Ok(mint(secret, &claims)?)

@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
 use crate::delivery::{Accepted, Allocation, Confirmation, Due, Ledger, State, Status, TakeOver};
@@ -87,12 +86,10 @@ pub struct MessageStatus {
 pub struct Delivery {
     pub ledger: Ledger,
     pub sequencer: Sequencer,
-    pub producer: FutureProducer,
+    pub producer: Arc<kafka::Producer>,
     pub store: Store,
     pub recent: RecentMessages,
     pub metrics: Arc<Metrics>,
-    /// `KAFKA_GROUP_PREFIX`: the installation's id on the shared broker.
-    pub installation: String,
     pub topic: String,
 }
 
@@ -184,14 +181,7 @@ impl Delivery {
     /// the ledger could not be told (the confirmation path finishes the job).
     async fn produce(&self, key: &str, record: &ChatRecord) -> Result<Option<Accepted>, Error> {
         let bytes = serde_json::to_vec(record)?;
-        let sent = kafka::send(
-            &self.producer,
-            &self.installation,
-            &self.topic,
-            &record.key(),
-            &bytes,
-        )
-        .await;
+        let sent = self.producer.send(&self.topic, &record.key(), &bytes).await;
         if let Err(e) = sent {
             if let Err(re) = self
                 .ledger
@@ -219,6 +209,7 @@ impl Delivery {
         let deadline = tokio::time::Instant::now()
             + self.ledger.timing().lease
             + Duration::from_secs(1);
+        let mut waited = false;
         loop {
             let ids = Some((status.message_id.clone(), status.seq));
             match status.state {
@@ -246,6 +237,10 @@ impl Delivery {
                     return Err(ClientError::unavailable("the delivery record").into());
                 }
                 TakeOver::Busy(left_ms) => {
+                    if !waited {
+                        waited = true;
+                        self.metrics.resend_waits.inc();
+                    }
                     if tokio::time::Instant::now() >= deadline {
                         return Err(SendError {
                             error: ClientError::new(

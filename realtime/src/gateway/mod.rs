@@ -27,7 +27,7 @@ use crate::error::{ClientError, Error, ErrorCode};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::protocol::{ChatRecord, HistoryRequest, SendRequest, StatusRequest, now_ms};
-use crate::rate_limit::{Decision, RateLimiter};
+use crate::rate_limit::{ConnectionBudget, Decision, EventClass, RateLimiter};
 use crate::rooms::access::{Access, AccessCache};
 use crate::rooms::recent::RecentMessages;
 use crate::rooms::state::RoomState;
@@ -86,13 +86,20 @@ pub async fn authenticate_webrtc<A: Adapter>(
 ) -> Result<(), ClientError> {
     let identity = verify_handshake(&s, auth.as_ref().ok(), &gw)?;
     s.extensions.insert(identity);
+    s.extensions.insert(Arc::new(ConnectionBudget::new(
+        gw.cfg.limits.connection_events,
+    )));
     s.on("call:ice-servers", on_ice_servers::<A>);
     s.on_fallback(on_unknown::<A>);
     Ok(())
 }
 
 async fn on_ice_servers<A: Adapter>(s: SocketRef<A>, reply: Reply<A>, State(gw): State<Shared>) {
-    let result = identity(&s).and_then(|id| gw.ice.configuration(&id.user_id));
+    let result = async {
+        let id = gw.admit(&s, EventClass::Other).await?;
+        gw.ice.configuration(&id.user_id)
+    }
+    .await;
     reply.send(result);
 }
 
@@ -109,6 +116,9 @@ pub async fn authenticate<A: Adapter>(
             // so an event sent at once could otherwise find no handler and be lost.
             s.join(keys::user_room(&identity.tenant_id, &identity.user_id));
             s.extensions.insert(identity);
+            s.extensions.insert(Arc::new(ConnectionBudget::new(
+                gw.cfg.limits.connection_events,
+            )));
             register_events(&s);
             gw.metrics.connected_sockets.inc();
             s.on_disconnect(rooms::on_disconnect::<A>);
@@ -212,7 +222,7 @@ async fn on_status<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
+        let id = gw.admit(&s, EventClass::Read).await?;
         let req = StatusRequest::parse(payload(data).as_ref())?;
         gw.member(&id, &req.conversation_id).await?;
         let found = gw
@@ -250,7 +260,7 @@ async fn on_history<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
+        let id = gw.admit(&s, EventClass::Read).await?;
         let req = HistoryRequest::parse(payload(data).as_ref())?;
         gw.member(&id, &req.conversation_id).await?;
         let limit = req.limit();
@@ -280,6 +290,47 @@ async fn on_unknown<A: Adapter>(Event(event): Event, reply: Reply<A>) {
 }
 
 impl Gateway {
+    /// Takes one event of `class` from the connection's budget and the user's, and
+    /// returns the caller; refuses with `rate_limited` (and when to retry) past either.
+    async fn admit<A: Adapter>(
+        &self,
+        s: &SocketRef<A>,
+        class: EventClass,
+    ) -> Result<Identity, ClientError> {
+        let id = identity(s)?;
+        let limited = |scope: &str, retry_after_ms: u64| {
+            self.metrics
+                .rate_limited
+                .get_or_create(&crate::metrics::ClassLabel {
+                    class: class.as_str(),
+                })
+                .inc();
+            let mut e = ClientError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many {} events on this {scope}; retry in {retry_after_ms} ms",
+                    class.as_str()
+                ),
+            );
+            e.retry_after_ms = Some(retry_after_ms);
+            e
+        };
+        if let Some(budget) = s.extensions.get::<Arc<ConnectionBudget>>()
+            && let Decision::Limited { retry_after_ms } = budget.take(class)
+        {
+            return Err(limited("connection", retry_after_ms));
+        }
+        match self
+            .rate
+            .check_events(&id.tenant_id, &id.user_id, self.cfg.limits.user_events)
+            .await
+            .map_err(|e| self.internal(&e))?
+        {
+            Decision::Allowed => Ok(id),
+            Decision::Limited { retry_after_ms } => Err(limited("account", retry_after_ms)),
+        }
+    }
+
     /// Logs a dependency failure and turns it into what the client may see.
     fn internal(&self, e: &Error) -> ClientError {
         tracing::warn!(error = %e, category = e.category(), "dependency failure");

@@ -43,7 +43,10 @@ async fn on_moderation<A: Adapter>(
     reply: Reply<A>,
     State(gw): State<Shared>,
 ) {
-    let result = gw.moderate(&s, &event, payload(data).as_ref()).await;
+    let result = match gw.admit(&s, crate::rate_limit::EventClass::Other).await {
+        Ok(_) => gw.moderate(&s, &event, payload(data).as_ref()).await,
+        Err(e) => Err(e),
+    };
     reply.send(result);
 }
 
@@ -53,7 +56,10 @@ async fn on_role<A: Adapter>(
     reply: Reply<A>,
     State(gw): State<Shared>,
 ) {
-    let result = gw.change_role(&s, payload(data).as_ref()).await;
+    let result = match gw.admit(&s, crate::rate_limit::EventClass::Other).await {
+        Ok(_) => gw.change_role(&s, payload(data).as_ref()).await,
+        Err(e) => Err(e),
+    };
     reply.send(result);
 }
 

@@ -7,6 +7,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::Reply;
 use super::{Shared, identity, payload, require_joined};
+use crate::rate_limit::EventClass;
 use crate::error::{ClientError, ErrorCode};
 use crate::keys;
 use crate::protocol::{RecoverRequest, RoomRequest};
@@ -20,13 +21,16 @@ pub(super) fn register<A: Adapter>(s: &SocketRef<A>) {
     s.on("messages:recover", on_recover::<A>);
 }
 
-/// The caller and the `{conversationId}` payload of a room event.
-fn room_request<A: Adapter>(
+/// The caller, admitted by the rate limits of `class`, and the `{conversationId}`
+/// payload of a room event.
+async fn room_request<A: Adapter>(
     s: &SocketRef<A>,
+    gw: &super::Gateway,
+    class: EventClass,
     event: &str,
     data: Result<Value, impl std::fmt::Display>,
 ) -> Result<(crate::auth::Identity, RoomRequest), ClientError> {
-    let id = identity(s)?;
+    let id = gw.admit(s, class).await?;
     let req = RoomRequest::parse(event, payload(data).as_ref())?;
     Ok((id, req))
 }
@@ -54,20 +58,47 @@ async fn on_join<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = room_request(&s, "room:join", data)?;
+        let (id, req) = room_request(&s, &gw, EventClass::Join, "room:join", data).await?;
+        let conversation_prefix = keys::conversation_room(&id.tenant_id, "");
+        let room = keys::conversation_room(&id.tenant_id, &req.conversation_id);
+        let joined = s.rooms();
+        let max = gw.cfg.limits.max_rooms_per_socket as usize;
+        if !joined.iter().any(|r| **r == *room)
+            && joined
+                .iter()
+                .filter(|r| r.starts_with(conversation_prefix.as_str()))
+                .count()
+                >= max
+        {
+            return Err(ClientError::new(
+                ErrorCode::TooManyRooms,
+                format!("this connection has joined {max} conversations, the most allowed; room:leave one first"),
+            ));
+        }
         let conversation = &req.conversation_id;
         let access = gw.member(&id, conversation).await?;
+        let gone = || {
+            gw.metrics.room_join("gone");
+            ClientError::new(ErrorCode::Forbidden, "the connection closed during room:join")
+        };
+        // The socket may have closed while the membership was read: a closed socket must
+        // not enter the room state, where it would stay as a ghost in presence.
+        if !s.connected() {
+            return Err(gone());
+        }
         s.join(keys::conversation_room(&id.tenant_id, conversation));
+        let socket_id = s.id.to_string();
         let online = gw
             .rooms
-            .join(
-                &id.tenant_id,
-                conversation,
-                &id.user_id,
-                &s.id.to_string(),
-            )
+            .join(&id.tenant_id, conversation, &id.user_id, &socket_id)
             .await
             .map_err(|e| gw.internal(&e))?;
+        if !s.connected() {
+            // It closed meanwhile, and its disconnect handler may not have seen the room.
+            leave_room(&s, &gw, &id.tenant_id, conversation, &id.user_id).await;
+            return Err(gone());
+        }
+        gw.metrics.room_join("joined");
         announce_presence(&s, &gw, &id.tenant_id, conversation, &online).await;
         let now = crate::protocol::now_ms();
         let muted_until = access
@@ -91,7 +122,7 @@ async fn on_leave<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = room_request(&s, "room:leave", data)?;
+        let (id, req) = room_request(&s, &gw, EventClass::Join, "room:leave", data).await?;
         s.leave(keys::conversation_room(&id.tenant_id, &req.conversation_id));
         leave_room(&s, &gw, &id.tenant_id, &req.conversation_id, &id.user_id).await;
         Ok(json!({"conversationId": req.conversation_id}))
@@ -136,7 +167,7 @@ async fn on_presence<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = room_request(&s, "presence:get", data)?;
+        let (id, req) = room_request(&s, &gw, EventClass::Read, "presence:get", data).await?;
         gw.member(&id, &req.conversation_id).await?;
         let online = gw
             .rooms
@@ -156,7 +187,7 @@ async fn on_typing<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = room_request(&s, "typing", data)?;
+        let (id, req) = room_request(&s, &gw, EventClass::Other, "typing", data).await?;
         let conversation = &req.conversation_id;
         require_joined(&s, &id, conversation, "typing in it")?;
         let cfg = &gw.cfg.rooms;
@@ -201,7 +232,7 @@ async fn on_recover<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = identity(&s)?;
+        let id = gw.admit(&s, EventClass::Read).await?;
         let req = RecoverRequest::parse(payload(data).as_ref())?;
         gw.member(&id, &req.conversation_id).await?;
         gw.recover(&id.tenant_id, &req).await

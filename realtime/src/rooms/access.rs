@@ -64,7 +64,7 @@ impl Access {
     }
 }
 
-/// Read-through cache of [`Access`] in Redis.
+/// Read-through cache of [`Access`] in Redis (none when the TTL is 0).
 #[derive(Clone)]
 pub struct AccessCache {
     redis: ConnectionManager,
@@ -84,7 +84,7 @@ impl AccessCache {
         Self {
             redis,
             store,
-            ttl_seconds: ttl_seconds.max(1),
+            ttl_seconds,
         }
     }
 
@@ -96,6 +96,11 @@ impl AccessCache {
         conversation: &str,
         user: &str,
     ) -> Result<(Option<Access>, Source)> {
+        if self.ttl_seconds == 0 {
+            // ROOM_AUTHZ_CACHE_TTL=0: no cache, every check reads MongoDB.
+            let access = self.store.access(tenant, conversation, user).await?;
+            return Ok((access, Source::Database));
+        }
         let key = keys::membership(tenant, conversation, user);
         let mut conn = self.redis.clone();
         let cached: Option<String> = conn.get(&key).await?;
