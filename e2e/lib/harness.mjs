@@ -82,9 +82,10 @@ export async function freePort() {
 const b64url = (buf) => Buffer.from(buf).toString("base64url");
 
 /** HS256 token with the claims of SPEC.md §3. */
-export function mintToken({ tenant, user, secret = SECRET, iss = ISSUER, aud = AUDIENCE, expIn = 3600, roles }) {
+export function mintToken({ tenant, user, secret = SECRET, iss = ISSUER, aud = AUDIENCE, expIn = 3600, roles, nbfIn }) {
   const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
   const claims = { sub: user, tenant_id: tenant, iss, aud, exp: Math.floor(Date.now() / 1000) + expIn };
+  if (nbfIn !== undefined) claims.nbf = Math.floor(Date.now() / 1000) + nbfIn;
   if (roles) claims.roles = roles;
   const body = b64url(JSON.stringify(claims));
   const sig = createHmac("sha256", secret).update(`${header}.${body}`).digest("base64url");
@@ -177,6 +178,12 @@ export async function startBroker() {
   proc.exited.then(() => running.delete(proc));
   proc.pause = () => child.kill("SIGSTOP");
   proc.resume = () => child.kill("SIGCONT");
+  await waitForPort(port, "broker");
+  return proc;
+}
+
+/** Waits until something accepts TCP connections on 127.0.0.1:`port`. */
+export async function waitForPort(port, what = "server") {
   await waitFor(
     () =>
       new Promise((ok) => {
@@ -184,9 +191,8 @@ export async function startBroker() {
         s.on("connect", () => (s.end(), ok(true)));
         s.on("error", () => ok(false));
       }),
-    { timeoutMs: 10_000, what: `broker on ${port}` },
+    { timeoutMs: 10_000, what: `${what} listening on ${port}` },
   );
-  return proc;
 }
 
 /** The value of a Prometheus sample of `proc` (0 when absent), e.g. metric(gw, "realtime_delivery_retries_total"). */

@@ -43,6 +43,8 @@ before(async () => {
   coturn.on("error", (e) => {
     throw new Error(`turnserver not startable (${e.message}): scripts/stack.sh up installs coturn`);
   });
+  // Its TCP listener opens with the UDP one: credentials are checked only once it is up.
+  await h.waitForPort(turnPort, "turnserver");
   rt = await h.startRealtime({
     role: "gateway",
     ...s,

@@ -47,7 +47,12 @@ test("connections without a valid token are refused", async () => {
   await refusedWith(h.mintToken({ tenant, user: "alice", iss: "someone-else" }), /^unauthorized: token issuer/);
   await refusedWith(h.mintToken({ tenant, user: "alice", aud: "admin" }), /^unauthorized: token audience/);
   await refusedWith(h.mintToken({ tenant: "a:b", user: "alice" }), /^unauthorized: token claim tenant_id/);
-  assert.equal(await h.metric(rt, "realtime_connections_refused_total"), refusedBefore + 8, "each refusal counted once");
+  await refusedWith(h.mintToken({ tenant, user: "alice", nbfIn: 120 }), /^unauthorized: token is not valid yet \(claim nbf/);
+  await refusedWith(h.mintToken({ tenant, user: "alice", aud: ["admin", "billing"] }), /^unauthorized: token audience .*claim aud/);
+  assert.equal(await h.metric(rt, "realtime_connections_refused_total"), refusedBefore + 10, "each refusal counted once");
+  // RFC 7519: aud may be an array; it is accepted when it holds the configured audience.
+  const multi = await h.connect(rt, h.mintToken({ tenant, user: "alice", aud: ["billing", h.AUDIENCE], nbfIn: -10 }));
+  assert.equal(multi.connected, true);
 });
 
 test("joining another tenant's or a foreign conversation is forbidden", async () => {
@@ -205,4 +210,29 @@ test("packets that are not JSON at all do not hurt the server", async () => {
   const alice = await h.connect(rt, h.mintToken({ tenant, user: "alice" }));
   assert.equal((await alice.emitWithAck("room:join", { conversationId: "general" })).ok, true);
   assert.equal(await store.db.collection("messages").countDocuments({ client_message_id: "raw" }), 0);
+});
+
+test("every event has a budget: a flood of reads on one connection is refused, the server stays up (item 8)", async () => {
+  const own = await h.startRealtime({ role: "all", ...s, redisDb: 12, env: { MAX_ROOMS_PER_SOCKET: "2" } });
+  await h.seedConversation(store.db, tenant, "extra", ["alice"]);
+  const alice = await h.connect(own, h.mintToken({ tenant, user: "alice" }));
+  assert.equal((await alice.emitWithAck("room:join", { conversationId: "general" })).ok, true);
+  const reads = await Promise.all(
+    Array.from({ length: 3000 }, () => alice.timeout(30_000).emitWithAck("messages:history", { conversationId: "general", limit: 100 })),
+  );
+  const served = reads.filter((r) => r.ok).length;
+  const limited = reads.filter((r) => r.error?.code === "rate_limited");
+  assert.ok(served >= 200 && served < 400, `the burst (200) and a little refill are served, got ${served}`);
+  assert.equal(served + limited.length, reads.length, "every other read is refused with rate_limited");
+  assert.ok(limited.every((r) => r.error.retryAfterMs > 0), "with a retry hint");
+  assert.ok((await h.metric(own, 'realtime_rate_limited_total{class="read"}')) >= limited.length);
+  // Another class has its own budget; and the room bound holds.
+  assert.equal((await alice.emitWithAck("room:join", { conversationId: "extra" })).ok, true);
+  await h.seedConversation(store.db, tenant, "third", ["alice"]);
+  const third = await alice.emitWithAck("room:join", { conversationId: "third" });
+  assert.equal(third.error?.code, "too_many_rooms");
+  assert.equal((await alice.emitWithAck("room:leave", { conversationId: "extra" })).ok, true);
+  assert.equal((await alice.emitWithAck("room:join", { conversationId: "third" })).ok, true);
+  assert.equal((await fetch(`${own.url}/healthz`)).status, 200);
+  await h.stop(own);
 });

@@ -44,7 +44,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.mongodb.write_timeout_ms,
     )
     .await
-        .context("MONGODB_URI is not a valid MongoDB connection string")?;
+    .context("MONGODB_URI is not a valid MongoDB connection string")?;
     store
         .ping()
         .await

@@ -108,7 +108,11 @@ impl Verifier {
                 .map(|r| r.as_str().map(str::to_owned))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| unauthorized("token claim roles must be an array of strings"))?,
-            Some(_) => return Err(unauthorized("token claim roles must be an array of strings")),
+            Some(_) => {
+                return Err(unauthorized(
+                    "token claim roles must be an array of strings",
+                ));
+            }
         };
         Ok(Identity {
             tenant_id,
@@ -131,7 +135,9 @@ fn string_claim(
         None | Some(serde_json::Value::Null) => {
             Err(unauthorized(&format!("token lacks the {name} claim")))
         }
-        Some(_) => Err(unauthorized(&format!("token claim {name} must be a string"))),
+        Some(_) => Err(unauthorized(&format!(
+            "token claim {name} must be a string"
+        ))),
     }
 }
 
@@ -142,7 +148,9 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::InvalidIssuer => "token issuer is not accepted (claim iss)".into(),
         ErrorKind::InvalidAudience => "token audience is not accepted (claim aud)".into(),
         ErrorKind::InvalidSubject => "token subject is not accepted (claim sub)".into(),
-        ErrorKind::ImmatureSignature => "token is not valid yet (claim nbf is in the future)".into(),
+        ErrorKind::ImmatureSignature => {
+            "token is not valid yet (claim nbf is in the future)".into()
+        }
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
             "token algorithm is not accepted (HS256 expected)".into()
         }
@@ -276,8 +284,14 @@ mod tests {
             raw(c)
         };
         for (token, needle) in [
-            (with("tenant_id", serde_json::json!(5)), "claim tenant_id must be a string"),
-            (with("sub", serde_json::json!({"id": 1})), "claim sub must be a string"),
+            (
+                with("tenant_id", serde_json::json!(5)),
+                "claim tenant_id must be a string",
+            ),
+            (
+                with("sub", serde_json::json!({"id": 1})),
+                "claim sub must be a string",
+            ),
             (with("roles", serde_json::json!("admin")), "claim roles"),
             (with("exp", serde_json::json!("tomorrow")), "exp"),
             (without("tenant_id"), "lacks the tenant_id claim"),

@@ -281,7 +281,11 @@ pub struct LimitsConfig {
 
     /// Budget of one user (all connections, all gateways) for events other than
     /// `message:send`, `RATE/BURST`.
-    #[arg(long = "user-event-limit", env = "USER_EVENT_LIMIT", default_value = "100/1000")]
+    #[arg(
+        long = "user-event-limit",
+        env = "USER_EVENT_LIMIT",
+        default_value = "100/1000"
+    )]
     pub user_events: crate::rate_limit::Rate,
 
     /// Conversations one socket may have joined at once.
@@ -551,9 +555,11 @@ mod tests {
             assert!(err.contains("TURN_CREDENTIAL_TTL"), "{ttl}: {err}");
         }
         for ttl in ["60", "604800"] {
-            assert!(parse(&["--jwt-secret", "s", "--turn-credential-ttl", ttl])
-                .validate()
-                .is_ok());
+            assert!(
+                parse(&["--jwt-secret", "s", "--turn-credential-ttl", ttl])
+                    .validate()
+                    .is_ok()
+            );
         }
     }
 

@@ -329,9 +329,11 @@ fn script(body: &str) -> Script {
 /// The stored record JSON with its sequence number, which is kept beside it.
 fn record_from(json: &str, seq: &str) -> Result<ChatRecord> {
     let mut record: ChatRecord = serde_json::from_str(json)?;
-    record.seq = seq
-        .parse()
-        .map_err(|_| Error::Other(format!("malformed sequence number {seq:?} in a ledger record")))?;
+    record.seq = seq.parse().map_err(|_| {
+        Error::Other(format!(
+            "malformed sequence number {seq:?} in a ledger record"
+        ))
+    })?;
     Ok(record)
 }
 

@@ -67,7 +67,9 @@ async fn ready(State(p): State<Probes>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(json!({"redis": redis, "mongodb": mongodb, "kafka": kafka, "producer": producer})),
+        axum::Json(
+            json!({"redis": redis, "mongodb": mongodb, "kafka": kafka, "producer": producer}),
+        ),
     )
 }
 

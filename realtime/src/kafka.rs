@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::{ClientConfig, Message};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Message};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -113,7 +113,9 @@ impl Producer {
                 *current = fresh;
                 self.rebuilds
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("the broker no longer accepts the producer's id; replaced the producer");
+                tracing::warn!(
+                    "the broker no longer accepts the producer's id; replaced the producer"
+                );
             }
             Err(e) => tracing::error!(error = %e, "replacing a broken producer failed"),
         }
@@ -148,7 +150,9 @@ impl Producer {
             }
             match producer.send(record, Duration::from_secs(0)).await {
                 Ok(_) => return Ok(()),
-                Err((e, _)) if needs_new_producer(&e) || producer.client().fatal_error().is_some() => {
+                Err((e, _))
+                    if needs_new_producer(&e) || producer.client().fatal_error().is_some() =>
+                {
                     self.rebuild(&producer);
                     last = Some(e);
                 }
@@ -174,7 +178,6 @@ impl Producer {
 
     /// Waits up to `timeout` for records in flight (blocking: call off the runtime).
     pub fn flush(&self, timeout: Duration) -> bool {
-
         self.get().flush(timeout).is_ok()
     }
 }
@@ -204,7 +207,13 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
         .create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(cfg.replication_factor)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                cfg.topic_partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {
@@ -222,7 +231,6 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
 }
 
 async fn reachable(producer: &FutureProducer, timeout: Duration) -> bool {
-
     let client = producer.clone();
     tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
         .await

@@ -273,7 +273,9 @@ impl Metrics {
     }
 
     pub fn room_join(&self, outcome: &'static str) {
-        self.room_joins.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.room_joins
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub fn recovery(&self, outcome: &'static str) {

@@ -233,7 +233,7 @@ impl Persister {
         self.metrics.foreign_records.inc();
         let seen = self.metrics.foreign_records.get();
         // Loud, but not once per record.
-        if seen == 1 || seen % 1000 == 0 {
+        if seen == 1 || seen.is_multiple_of(1000) {
             tracing::error!(
                 topic = m.topic(),
                 seen,

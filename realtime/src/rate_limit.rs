@@ -75,8 +75,12 @@ impl RateLimiter {
     /// Takes one token from the user's bucket of other events (all connections, all
     /// gateways).
     pub async fn check_events(&self, tenant: &str, user: &str, rate: Rate) -> Result<Decision> {
-        self.take(keys::event_rate_limit(tenant, user), rate.per_second, rate.burst)
-            .await
+        self.take(
+            keys::event_rate_limit(tenant, user),
+            rate.per_second,
+            rate.burst,
+        )
+        .await
     }
 
     async fn take(&self, key: String, rate_per_second: f64, burst: u32) -> Result<Decision> {
@@ -202,7 +206,9 @@ impl ConnectionBudget {
         let now = std::time::Instant::now();
         Self {
             limits,
-            buckets: std::sync::Mutex::new(EventClass::ALL.map(|c| (f64::from(limits.of(c).burst), now))),
+            buckets: std::sync::Mutex::new(
+                EventClass::ALL.map(|c| (f64::from(limits.of(c).burst), now)),
+            ),
         }
     }
 
@@ -239,8 +245,20 @@ mod tests {
     #[test]
     fn limits_parse_and_refuse_nonsense_with_a_reason() {
         let l: EventLimits = "read:20/100, join:50/500,other:2.5/6".parse().unwrap();
-        assert_eq!(l.of(EventClass::Read), Rate { per_second: 20.0, burst: 100 });
-        assert_eq!(l.of(EventClass::Other), Rate { per_second: 2.5, burst: 6 });
+        assert_eq!(
+            l.of(EventClass::Read),
+            Rate {
+                per_second: 20.0,
+                burst: 100
+            }
+        );
+        assert_eq!(
+            l.of(EventClass::Other),
+            Rate {
+                per_second: 2.5,
+                burst: 6
+            }
+        );
         for (bad, why) in [
             ("read:20/100,join:50/500", "each of"),
             ("read:20/100,join:50/500,other:1/1,read:1/1", "twice"),
@@ -262,9 +280,15 @@ mod tests {
         }
         assert_eq!(
             budget.take_at(EventClass::Read, t0),
-            Decision::Limited { retry_after_ms: 100 }
+            Decision::Limited {
+                retry_after_ms: 100
+            }
         );
-        assert_eq!(budget.take_at(EventClass::Join, t0), Decision::Allowed, "classes are apart");
+        assert_eq!(
+            budget.take_at(EventClass::Join, t0),
+            Decision::Allowed,
+            "classes are apart"
+        );
         let later = t0 + std::time::Duration::from_millis(100);
         assert_eq!(budget.take_at(EventClass::Read, later), Decision::Allowed);
     }

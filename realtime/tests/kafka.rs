@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use clap::Parser;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
 use realtime::config::Config;
 
 fn brokers() -> String {
@@ -28,8 +28,15 @@ fn config(args: &[&str]) -> Config {
 #[tokio::test]
 async fn topics_are_created_with_the_configured_replication_factor() {
     let topic = format!("it.rf.{}", uuid::Uuid::new_v4().simple());
-    let cfg = config(&["--kafka-brokers", &brokers(), "--kafka-replication-factor", "2"]);
-    realtime::kafka::ensure_topics(&cfg.kafka, &[&topic]).await.unwrap();
+    let cfg = config(&[
+        "--kafka-brokers",
+        &brokers(),
+        "--kafka-replication-factor",
+        "2",
+    ]);
+    realtime::kafka::ensure_topics(&cfg.kafka, &[&topic])
+        .await
+        .unwrap();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
@@ -47,7 +54,11 @@ async fn topics_are_created_with_the_configured_replication_factor() {
     })
     .await
     .unwrap();
-    assert_eq!(replicas, vec![2; 3], "{topic}: every partition has 2 replicas");
+    assert_eq!(
+        replicas,
+        vec![2; 3],
+        "{topic}: every partition has 2 replicas"
+    );
 }
 
 #[tokio::test]
@@ -64,18 +75,27 @@ async fn a_producer_whose_id_the_broker_refuses_is_replaced_and_the_record_sent(
     // The raw producer shows what /healthz reports while a producer is in that state.
     let first = raw
         .send(
-            rdkafka::producer::FutureRecord::to("t").key("k").payload("v"),
+            rdkafka::producer::FutureRecord::to("t")
+                .key("k")
+                .payload("v"),
             Duration::from_secs(0),
         )
         .await;
     assert!(first.is_err());
-    assert!(realtime::kafka::fatal_error(&raw).is_some(), "the fatal error is visible");
+    assert!(
+        realtime::kafka::fatal_error(&raw).is_some(),
+        "the fatal error is visible"
+    );
     cluster.request_errors(
         RDKafkaApiKey::InitProducerId,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
     );
     let healing = realtime::kafka::Producer::new(&cfg.kafka, "install").unwrap();
     healing.send("t", "k", b"v").await.unwrap();
-    assert_eq!(healing.rebuilds(), 1, "replaced once, then the record went through");
+    assert_eq!(
+        healing.rebuilds(),
+        1,
+        "replaced once, then the record went through"
+    );
     assert!(healing.fatal_error().is_none());
 }

@@ -150,16 +150,29 @@ async fn sequence_numbers_are_dense_and_keys_are_scoped_by_conversation() {
     let tenant = unique("t");
     let a = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k1")).await;
     let b = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k2")).await;
-    assert_eq!((new_seq(&a), new_seq(&b)), (1, 2), "a new conversation starts at 1");
-    let Allocation::Existing(again) = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k1")).await
+    assert_eq!(
+        (new_seq(&a), new_seq(&b)),
+        (1, 2),
+        "a new conversation starts at 1"
+    );
+    let Allocation::Existing(again) =
+        allocate(&ledger, &seq, &template(&tenant, "c", "u", "k1")).await
     else {
         panic!("a resend finds the first send");
     };
-    let Allocation::New(first) = &a else { unreachable!() };
-    assert_eq!((again.message_id.as_str(), again.seq), (first.message_id.as_str(), 1));
+    let Allocation::New(first) = &a else {
+        unreachable!()
+    };
+    assert_eq!(
+        (again.message_id.as_str(), again.seq),
+        (first.message_id.as_str(), 1)
+    );
     assert_eq!(again.state, State::Sending);
     // The same key from another user, or in another conversation, is another message.
-    assert_eq!(new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "v", "k1")).await), 3);
+    assert_eq!(
+        new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "v", "k1")).await),
+        3
+    );
     assert_eq!(
         new_seq(&allocate(&ledger, &seq, &template(&tenant, "other", "u", "k1")).await),
         1,
@@ -186,7 +199,10 @@ async fn a_lost_counter_is_repaired_past_everything_stored_with_a_gap() {
     let seq = Sequencer::new(redis().await, store.clone(), 100);
     let ledger = Ledger::new(redis().await, timing(5_000, 1_000, 2));
     // No counter, but MongoDB holds messages: Redis lost it, and maybe unpersisted ones.
-    assert_eq!(new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k")).await), 142);
+    assert_eq!(
+        new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k")).await),
+        142
+    );
     // A counter verified under another Redis server (a restart, a failover) may be behind.
     let mut conn = redis().await;
     let _: () = redis::cmd("SET")
@@ -195,8 +211,14 @@ async fn a_lost_counter_is_repaired_past_everything_stored_with_a_gap() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k2")).await), 243);
-    assert_eq!(new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k3")).await), 244);
+    assert_eq!(
+        new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k2")).await),
+        243
+    );
+    assert_eq!(
+        new_seq(&allocate(&ledger, &seq, &template(&tenant, "c", "u", "k3")).await),
+        244
+    );
     store.database().drop().await.unwrap();
 }
 
@@ -216,15 +238,24 @@ async fn a_message_moves_from_sending_to_persisted_once_and_keeps_its_answer() {
     );
     assert_eq!(
         ledger.accepted(&key).await.unwrap(),
-        Accepted { state: State::Accepted, announce: true }
+        Accepted {
+            state: State::Accepted,
+            announce: true
+        }
     );
     assert_eq!(
         ledger.accepted(&key).await.unwrap(),
-        Accepted { state: State::Accepted, announce: false },
+        Accepted {
+            state: State::Accepted,
+            announce: false
+        },
         "announced once"
     );
     match ledger.persisted(&key).await.unwrap() {
-        Confirmation::Confirmed { record: r, announce } => {
+        Confirmation::Confirmed {
+            record: r,
+            announce,
+        } => {
             assert_eq!(r, record);
             assert!(!announce, "already announced when accepted");
         }
@@ -237,7 +268,10 @@ async fn a_message_moves_from_sending_to_persisted_once_and_keeps_its_answer() {
     );
     let status = ledger.status(&key).await.unwrap().unwrap();
     assert_eq!((status.state, status.seq), (State::Persisted, record.seq));
-    assert_eq!(ledger.persisted("rt:nobody:msg:c:u:k").await.unwrap(), Confirmation::Unknown);
+    assert_eq!(
+        ledger.persisted("rt:nobody:msg:c:u:k").await.unwrap(),
+        Confirmation::Unknown
+    );
     store.database().drop().await.unwrap();
 }
 
@@ -270,17 +304,31 @@ async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delay
         panic!()
     };
     let never_key = Ledger::key(&never);
-    assert_eq!(claim(&ledger, &never_key).await, None, "leased to the first send");
+    assert_eq!(
+        claim(&ledger, &never_key).await,
+        None,
+        "leased to the first send"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(matches!(claim(&ledger, &never_key).await, Some(Due::Produce { .. })));
-    assert_eq!(claim(&ledger, &never_key).await, None, "leased to the sweeper now");
+    assert!(matches!(
+        claim(&ledger, &never_key).await,
+        Some(Due::Produce { .. })
+    ));
+    assert_eq!(
+        claim(&ledger, &never_key).await,
+        None,
+        "leased to the sweeper now"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
         matches!(claim(&ledger, &never_key).await, Some(Due::Fail { record, .. }) if record == never),
         "after every attempt, a message the broker never took is failed"
     );
     assert!(ledger.failed(&never_key, "broker down").await.unwrap());
-    assert!(!ledger.failed(&never_key, "broker down").await.unwrap(), "failed once");
+    assert!(
+        !ledger.failed(&never_key, "broker down").await.unwrap(),
+        "failed once"
+    );
     let status = ledger.status(&never_key).await.unwrap().unwrap();
     assert_eq!(status.state, State::Failed);
     assert_eq!(status.reason.as_deref(), Some("broker down"));
@@ -292,7 +340,10 @@ async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delay
     let late_key = Ledger::key(&late);
     ledger.accepted(&late_key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(matches!(claim(&ledger, &late_key).await, Some(Due::Reproduce { .. })));
+    assert!(matches!(
+        claim(&ledger, &late_key).await,
+        Some(Due::Reproduce { .. })
+    ));
     ledger.accepted(&late_key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
@@ -301,12 +352,18 @@ async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delay
     );
     ledger.accepted(&late_key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(matches!(claim(&ledger, &late_key).await, Some(Due::Reproduce { .. })));
+    assert!(matches!(
+        claim(&ledger, &late_key).await,
+        Some(Due::Reproduce { .. })
+    ));
     assert!(matches!(
         ledger.persisted(&late_key).await.unwrap(),
         Confirmation::Confirmed { .. }
     ));
-    assert_eq!(ledger.status(&late_key).await.unwrap().unwrap().state, State::Persisted);
+    assert_eq!(
+        ledger.status(&late_key).await.unwrap().unwrap().state,
+        State::Persisted
+    );
     store.database().drop().await.unwrap();
 }
 
@@ -321,9 +378,16 @@ async fn a_record_that_vanished_is_reported_not_dropped() {
     };
     let key = Ledger::key(&r);
     let mut conn = redis().await;
-    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(claim(&ledger, &key).await, Some(Due::Lost { key: key.clone() }));
+    assert_eq!(
+        claim(&ledger, &key).await,
+        Some(Due::Lost { key: key.clone() })
+    );
     store.database().drop().await.unwrap();
 }
 
@@ -335,7 +399,11 @@ async fn a_fenced_message_can_never_be_stored_and_a_stored_one_cannot_be_fenced(
     let mut fenced = template(&tenant, "c", "u", "a");
     fenced.seq = 1;
     assert_eq!(store.fence_message(&fenced).await.unwrap(), Fence::Fenced);
-    assert_eq!(store.fence_message(&fenced).await.unwrap(), Fence::Fenced, "idempotent");
+    assert_eq!(
+        store.fence_message(&fenced).await.unwrap(),
+        Fence::Fenced,
+        "idempotent"
+    );
     let late_copy = store
         .write_messages(std::slice::from_ref(&fenced), true)
         .await
@@ -375,12 +443,29 @@ async fn redelivered_messages_are_stored_once_with_either_write_path() {
     let batch: Vec<ChatRecord> = (0..5).map(|_| record(&unique("m"))).collect();
     // Without the unique index the persister must upsert.
     assert!(!store.message_id_is_unique().await.unwrap());
-    assert_eq!(store.write_messages(&batch[..3], false).await.unwrap().inserted, 3);
-    assert_eq!(store.write_messages(&batch[..3], false).await.unwrap().inserted, 0);
+    assert_eq!(
+        store
+            .write_messages(&batch[..3], false)
+            .await
+            .unwrap()
+            .inserted,
+        3
+    );
+    assert_eq!(
+        store
+            .write_messages(&batch[..3], false)
+            .await
+            .unwrap()
+            .inserted,
+        0
+    );
     store.ensure_indexes().await.unwrap();
     assert!(store.message_id_is_unique().await.unwrap());
     // With it, a plain insert whose duplicate-key refusals are the redeliveries.
-    assert_eq!(store.write_messages(&batch, true).await.unwrap().inserted, 2);
+    assert_eq!(
+        store.write_messages(&batch, true).await.unwrap().inserted,
+        2
+    );
     let again = store.write_messages(&batch, true).await.unwrap();
     assert_eq!((again.inserted, again.redelivered), (0, 5));
     let stored = store
@@ -447,7 +532,13 @@ async fn an_authorization_cache_ttl_of_zero_means_no_cache() {
         assert_eq!(source, Source::Database, "every check reads MongoDB");
     }
     let cached = AccessCache::new(redis().await, store.clone(), 60);
-    assert_eq!(cached.get(&tenant, "c", "u").await.unwrap().1, Source::Database);
-    assert_eq!(cached.get(&tenant, "c", "u").await.unwrap().1, Source::Cache);
+    assert_eq!(
+        cached.get(&tenant, "c", "u").await.unwrap().1,
+        Source::Database
+    );
+    assert_eq!(
+        cached.get(&tenant, "c", "u").await.unwrap().1,
+        Source::Cache
+    );
     store.database().drop().await.unwrap();
 }

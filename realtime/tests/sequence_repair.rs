@@ -22,8 +22,15 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16, dir: &std::path::Path) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+        let mut child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -39,6 +46,8 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not listen on {port}");
     }
 
@@ -131,9 +140,17 @@ async fn a_counter_restored_from_an_older_snapshot_never_hands_out_a_number_agai
     let ledger = Ledger::new(conn.clone(), timing());
     let seq = Sequencer::new(conn.clone(), store.clone(), gap);
     for i in 1..=3 {
-        assert_eq!(next(&ledger, &seq, template(tenant, &format!("a{i}"))).await.seq, i);
+        assert_eq!(
+            next(&ledger, &seq, template(tenant, &format!("a{i}")))
+                .await
+                .seq,
+            i
+        );
     }
-    let _: () = redis::cmd("SAVE").query_async(&mut conn.clone()).await.unwrap();
+    let _: () = redis::cmd("SAVE")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
     // Two more after the snapshot; the persister stored the first of them only.
     let fourth = next(&ledger, &seq, template(tenant, "a4")).await;
     let fifth = next(&ledger, &seq, template(tenant, "a5")).await;
@@ -152,7 +169,10 @@ async fn a_counter_restored_from_an_older_snapshot_never_hands_out_a_number_agai
         .query_async(&mut conn.clone())
         .await
         .unwrap();
-    assert_eq!(restored, 3, "the snapshot is older than the last numbers handed out");
+    assert_eq!(
+        restored, 3,
+        "the snapshot is older than the last numbers handed out"
+    );
     let ledger = Ledger::new(conn.clone(), timing());
     let seq = Sequencer::new(conn, store.clone(), gap);
     let after = next(&ledger, &seq, template(tenant, "b1")).await;
@@ -161,7 +181,10 @@ async fn a_counter_restored_from_an_older_snapshot_never_hands_out_a_number_agai
         4 + gap + 1,
         "past the highest stored number (4) and the gap that covers the unstored one (5)"
     );
-    assert_eq!(next(&ledger, &seq, template(tenant, "b2")).await.seq, after.seq + 1);
+    assert_eq!(
+        next(&ledger, &seq, template(tenant, "b2")).await.seq,
+        after.seq + 1
+    );
     drop(redis);
     store.database().drop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -35,7 +35,10 @@ use crate::store::{Fence, Store};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emit {
     /// `message:new` to the members of the message's conversation.
-    NewMessage { tenant: String, message: WireMessage },
+    NewMessage {
+        tenant: String,
+        message: WireMessage,
+    },
     /// An event to every socket of one user.
     ToUser {
         tenant: String,
@@ -106,8 +109,15 @@ impl Delivery {
     pub async fn send(&self, template: ChatRecord) -> Result<Sent, SendError> {
         let key = Ledger::key(&template);
         for _ in 0..3 {
-            match self.ledger.allocate(&template).await.map_err(|e| internal(&e))? {
-                Allocation::New(record) => return self.produce_for_client(&key, record, false).await,
+            match self
+                .ledger
+                .allocate(&template)
+                .await
+                .map_err(|e| internal(&e))?
+            {
+                Allocation::New(record) => {
+                    return self.produce_for_client(&key, record, false).await;
+                }
                 Allocation::Existing(status) => return self.resend(&key, status).await,
                 Allocation::Verify { run_id } => {
                     let (t, c) = (&template.tenant_id, &template.conversation_id);
@@ -206,9 +216,8 @@ impl Delivery {
     /// Answers a resend with the first send's outcome, waiting while it is in flight and
     /// taking over production when nobody produces it.
     async fn resend(&self, key: &str, mut status: Status) -> Result<Sent, SendError> {
-        let deadline = tokio::time::Instant::now()
-            + self.ledger.timing().lease
-            + Duration::from_secs(1);
+        let deadline =
+            tokio::time::Instant::now() + self.ledger.timing().lease + Duration::from_secs(1);
         let mut waited = false;
         loop {
             let ids = Some((status.message_id.clone(), status.seq));
@@ -324,8 +333,7 @@ impl Delivery {
 
     /// The persister stored the message: confirm it (once) and announce it when nobody did.
     async fn confirmed(&self, key: &str) -> Result<Vec<Emit>, Error> {
-        let Confirmation::Confirmed { record, announce } = self.ledger.persisted(key).await?
-        else {
+        let Confirmation::Confirmed { record, announce } = self.ledger.persisted(key).await? else {
             return Ok(Vec::new());
         };
         let latency_ms = now_ms().saturating_sub(record.created_at_ms).max(0);
@@ -354,7 +362,12 @@ impl Delivery {
     }
 
     /// Records a final failure and tells the sender (once).
-    async fn fail(&self, key: &str, record: ChatRecord, reason: &str) -> Result<Option<Emit>, Error> {
+    async fn fail(
+        &self,
+        key: &str,
+        record: ChatRecord,
+        reason: &str,
+    ) -> Result<Option<Emit>, Error> {
         if !self.ledger.failed(key, reason).await? {
             return Ok(None);
         }
@@ -426,7 +439,11 @@ impl Delivery {
                     self.ledger.timing().attempts
                 );
                 match self.store.fence_message(&record).await {
-                    Ok(Fence::Fenced) => Ok(self.fail(&key, record, &reason).await?.into_iter().collect()),
+                    Ok(Fence::Fenced) => Ok(self
+                        .fail(&key, record, &reason)
+                        .await?
+                        .into_iter()
+                        .collect()),
                     Ok(Fence::Stored) => self.confirmed(&key).await,
                     Err(e) => {
                         // Without the fence a copy could still be stored: no verdict yet.

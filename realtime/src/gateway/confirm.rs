@@ -41,7 +41,11 @@ pub async fn perform<A: Adapter>(io: &SocketIo<A>, emits: Vec<Emit>) {
         let (room, event, sent) = match &emit {
             Emit::NewMessage { tenant, message } => {
                 let room = keys::conversation_room(tenant, &message.conversation_id);
-                let sent = ns.clone().to(room.clone()).emit("message:new", message).await;
+                let sent = ns
+                    .clone()
+                    .to(room.clone())
+                    .emit("message:new", message)
+                    .await;
                 (room, "message:new", sent)
             }
             Emit::ToUser {
@@ -181,7 +185,9 @@ pub async fn run_sweeper<A: Adapter>(gw: Shared, io: SocketIo<A>, cancel: Cancel
                 match gw.delivery.on_due(due).await {
                     Ok(emits) => perform(&io, emits).await,
                     // The record keeps its place in the schedule; the next claim retries.
-                    Err(e) => tracing::warn!(error = %e, "overdue message not handled; retried later"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "overdue message not handled; retried later")
+                    }
                 }
                 drop(permit);
             });

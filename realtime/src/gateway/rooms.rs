@@ -7,10 +7,10 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::Reply;
 use super::{Shared, identity, payload, require_joined};
-use crate::rate_limit::EventClass;
 use crate::error::{ClientError, ErrorCode};
 use crate::keys;
 use crate::protocol::{RecoverRequest, RoomRequest};
+use crate::rate_limit::EventClass;
 use crate::rooms::recent::{self, Plan};
 
 pub(super) fn register<A: Adapter>(s: &SocketRef<A>) {

@@ -248,7 +248,12 @@ impl Store {
         let inserted = reply
             .get_i32("n")
             .map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        tracing::debug!(inserted, redelivered, refused = refused.len(), "messages inserted");
+        tracing::debug!(
+            inserted,
+            redelivered,
+            refused = refused.len(),
+            "messages inserted"
+        );
         Ok(WriteOutcome {
             inserted,
             redelivered,
@@ -385,7 +390,9 @@ fn classify_write_errors(reply: &Document) -> Result<(u64, Vec<(usize, String)>)
         if code == Some(11000) && on_message_id(e) {
             redelivered += 1;
         } else if code.is_some_and(|c| RETRYABLE_CODES.iter().any(|r| i64::from(*r) == c)) {
-            return Err(Error::Other(format!("mongodb write error, retrying: {reason}")));
+            return Err(Error::Other(format!(
+                "mongodb write error, retrying: {reason}"
+            )));
         } else {
             let index = e
                 .get_i32("index")
@@ -506,10 +513,7 @@ mod tests {
         ]};
         let (redelivered, refused) = classify_write_errors(&reply).unwrap();
         assert_eq!(redelivered, 2);
-        assert_eq!(
-            refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            [3, 4]
-        );
+        assert_eq!(refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 4]);
         assert!(refused[1].1.contains("failed validation"));
         let retry = doc! {"writeErrors": [{"index": 0, "code": 91, "errmsg": "shutting down"}]};
         assert!(classify_write_errors(&retry).is_err());
