@@ -110,7 +110,6 @@ export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefi
       LISTEN_ADDR: `127.0.0.1:${port}`,
       REDIS_URL: redisUrlWithDb(redisDb),
       KAFKA_BROKERS: stack.KAFKA_BROKERS,
-      KAFKA_DEAD_LETTER_TOPIC: `${topicPrefix}.chat.messages.dlq`,
       KAFKA_MESSAGE_TOPIC: `${topicPrefix}.chat.messages`,
       KAFKA_PERSISTENCE_TOPIC: `${topicPrefix}.chat.persistence.events`,
       KAFKA_GROUP_PREFIX: groupPrefix ?? topicPrefix,

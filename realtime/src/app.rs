@@ -61,7 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             &[
                 &cfg.kafka.message_topic,
                 &cfg.kafka.persistence_topic,
-                &cfg.kafka.dead_letter_topic,
+                &cfg.kafka.dead_letter_topic(),
             ],
         )
         .await
@@ -145,18 +145,35 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
             .with_adapter::<RedisAdapter<_>>(adapter)
             .build_layer();
-        io.ns(
-            gateway::CHAT_NAMESPACE,
-            gateway::on_connect.with(gateway::authenticate),
-        )
-        .await
-        .context("registering the /chat namespace")?;
-        io.ns(
-            gateway::WEBRTC_NAMESPACE,
-            gateway::on_connect.with(gateway::authenticate_webrtc),
-        )
-        .await
-        .context("registering the /webrtc namespace")?;
+        // Registering subscribes the adapter on Redis with a short reply timeout of its
+        // own; a busy Redis (or machine) can miss it once, so it is retried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let registered = async {
+                io.ns(
+                    gateway::CHAT_NAMESPACE,
+                    gateway::on_connect.with(gateway::authenticate),
+                )
+                .await
+                .context("registering the /chat namespace")?;
+                io.ns(
+                    gateway::WEBRTC_NAMESPACE,
+                    gateway::on_connect.with(gateway::authenticate_webrtc),
+                )
+                .await
+                .context("registering the /webrtc namespace")
+            }
+            .await;
+            match registered {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %format!("{e:#}"), attempt, "retrying the Socket.IO namespace registration");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         app = app.merge(http::ice_router(gw.clone()));
         tasks.spawn(gateway::run_confirmations(
             gw.clone(),

@@ -162,13 +162,10 @@ pub struct KafkaConfig {
     pub fetch_wait_max_ms: u32,
 
     /// Topic that receives messages the database refuses for good (they are not stored;
-    /// their senders get `message:failed`). Created at start-up with the others.
-    #[arg(
-        long = "kafka-dead-letter-topic",
-        env = "KAFKA_DEAD_LETTER_TOPIC",
-        default_value = "chat.messages.dlq"
-    )]
-    pub dead_letter_topic: String,
+    /// their senders get `message:failed`); default `<KAFKA_MESSAGE_TOPIC>.dlq`. Created
+    /// at start-up with the others.
+    #[arg(long = "kafka-dead-letter-topic", env = "KAFKA_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
 
     /// How long the producer keeps trying to deliver a message before giving up.
     #[arg(
@@ -421,6 +418,13 @@ impl KafkaConfig {
     pub fn group(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.group_prefix)
     }
+
+    /// The dead-letter topic: as configured, or the message topic's name + `.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.message_topic))
+    }
 }
 
 impl Config {
@@ -516,6 +520,7 @@ mod tests {
         assert_eq!(c.role, Role::All);
         assert_eq!(c.kafka.message_topic, "chat.messages");
         assert_eq!(c.kafka.persistence_topic, "chat.persistence.events");
+        assert_eq!(c.kafka.dead_letter_topic(), "chat.messages.dlq");
         assert_eq!(c.mongodb.batch_size, 100);
         assert_eq!(c.delivery.timeout_ms, 5000);
         assert_eq!(c.delivery.retries, 3);

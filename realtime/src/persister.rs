@@ -247,7 +247,7 @@ impl Persister {
     async fn dead_letter(&self, key: Option<String>, payload: &[u8], reason: &str) -> Result<()> {
         self.producer
             .send_with(
-                &self.cfg.kafka.dead_letter_topic,
+                &self.cfg.kafka.dead_letter_topic(),
                 key.as_deref(),
                 payload,
                 &[(REFUSED_HEADER, reason)],

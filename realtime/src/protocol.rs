@@ -370,10 +370,11 @@ pub struct Persisted<'a> {
     pub client_message_id: &'a str,
 }
 
-/// `message:failed` payload: the message will never be stored.
+/// Payload of `message:failed` (the message will never be stored) and `message:delayed`
+/// (on the broker, not stored yet, still being retried).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Failed<'a> {
+pub struct Outcome<'a> {
     pub message_id: &'a str,
     pub conversation_id: &'a str,
     pub client_message_id: &'a str,
@@ -381,15 +382,16 @@ pub struct Failed<'a> {
     pub reason: &'a str,
 }
 
-/// `message:delayed` payload: on the broker, not stored yet, still being retried.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Delayed<'a> {
-    pub message_id: &'a str,
-    pub conversation_id: &'a str,
-    pub client_message_id: &'a str,
-    pub seq: u64,
-    pub reason: &'a str,
+impl<'a> Outcome<'a> {
+    pub fn of(record: &'a ChatRecord, reason: &'a str) -> Self {
+        Self {
+            message_id: &record.message_id,
+            conversation_id: &record.conversation_id,
+            client_message_id: &record.client_message_id,
+            seq: record.seq,
+            reason,
+        }
+    }
 }
 
 /// Most `clientMessageId`s one `message:status` may ask about.

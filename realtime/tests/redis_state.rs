@@ -121,6 +121,13 @@ fn template(tenant: &str, conversation: &str, user: &str, key: &str) -> ChatReco
     }
 }
 
+/// A ledger and sequencer on the real Redis, with a fresh MongoDB database.
+async fn ledger_with(timing: Timing, gap: u64) -> (Store, Sequencer, Ledger) {
+    let store = store().await;
+    let seq = Sequencer::new(redis().await, store.clone(), gap);
+    (store, seq, Ledger::new(redis().await, timing))
+}
+
 /// Allocates like the gateway does: verifies the counter first when the ledger asks.
 async fn allocate(ledger: &Ledger, seq: &Sequencer, t: &ChatRecord) -> Allocation {
     loop {
@@ -144,9 +151,7 @@ fn new_seq(a: &Allocation) -> u64 {
 
 #[tokio::test]
 async fn sequence_numbers_are_dense_and_keys_are_scoped_by_conversation() {
-    let store = store().await;
-    let seq = Sequencer::new(redis().await, store.clone(), 1000);
-    let ledger = Ledger::new(redis().await, timing(5_000, 1_000, 2));
+    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000).await;
     let tenant = unique("t");
     let a = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k1")).await;
     let b = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k2")).await;
@@ -224,9 +229,7 @@ async fn a_lost_counter_is_repaired_past_everything_stored_with_a_gap() {
 
 #[tokio::test]
 async fn a_message_moves_from_sending_to_persisted_once_and_keeps_its_answer() {
-    let store = store().await;
-    let seq = Sequencer::new(redis().await, store.clone(), 1000);
-    let ledger = Ledger::new(redis().await, timing(5_000, 1_000, 2));
+    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000).await;
     let t = template(&unique("t"), "c", "u", "k");
     let Allocation::New(record) = allocate(&ledger, &seq, &t).await else {
         panic!("new")
@@ -295,9 +298,7 @@ async fn claim(ledger: &Ledger, key: &str) -> Option<Due> {
 #[tokio::test]
 async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delays_an_accepted_one()
 {
-    let store = store().await;
-    let seq = Sequencer::new(redis().await, store.clone(), 1000);
-    let ledger = Ledger::new(redis().await, timing(200, 100, 2));
+    let (store, seq, ledger) = ledger_with(timing(200, 100, 2), 1000).await;
     let tenant = unique("t");
     let Allocation::New(never) = allocate(&ledger, &seq, &template(&tenant, "c", "u", "a")).await
     else {
@@ -369,9 +370,7 @@ async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delay
 
 #[tokio::test]
 async fn a_record_that_vanished_is_reported_not_dropped() {
-    let store = store().await;
-    let seq = Sequencer::new(redis().await, store.clone(), 1000);
-    let ledger = Ledger::new(redis().await, timing(100, 100, 2));
+    let (store, seq, ledger) = ledger_with(timing(100, 100, 2), 1000).await;
     let Allocation::New(r) = allocate(&ledger, &seq, &template(&unique("t"), "c", "u", "k")).await
     else {
         panic!()

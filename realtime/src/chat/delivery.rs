@@ -25,7 +25,7 @@ use crate::error::{ClientError, Error, ErrorCode};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatRecord, Delayed, Failed, PersistOutcome, Persisted, PersistenceEvent, WireMessage, now_ms,
+    ChatRecord, Outcome, PersistOutcome, Persisted, PersistenceEvent, WireMessage, now_ms,
 };
 use crate::rooms::recent::RecentMessages;
 use crate::sequence::Sequencer;
@@ -376,13 +376,7 @@ impl Delivery {
         Ok(Some(to_sender(
             &record,
             "message:failed",
-            json!(Failed {
-                message_id: &record.message_id,
-                conversation_id: &record.conversation_id,
-                client_message_id: &record.client_message_id,
-                seq: record.seq,
-                reason,
-            }),
+            json!(Outcome::of(&record, reason)),
         )))
     }
 
@@ -418,13 +412,7 @@ impl Delivery {
                 let emit = to_sender(
                     &record,
                     "message:delayed",
-                    json!(Delayed {
-                        message_id: &record.message_id,
-                        conversation_id: &record.conversation_id,
-                        client_message_id: &record.client_message_id,
-                        seq: record.seq,
-                        reason: &reason,
-                    }),
+                    json!(Outcome::of(&record, &reason)),
                 );
                 self.metrics.delivery_retries.inc();
                 if let Err(e) = self.produce(&key, &record).await {

@@ -191,7 +191,7 @@ async fn on_send<A: Adapter>(
                 "status": sent.state.as_str(),
             }));
             if let Some(message) = sent.announce {
-                let room = keys::conversation_room(&s_tenant(&s), &message.conversation_id);
+                let room = keys::conversation_room(&tenant_of(&s), &message.conversation_id);
                 if let Err(e) = s.to(room).emit("message:new", &message).await {
                     tracing::warn!(error = %e, "broadcast of message:new failed");
                 }
@@ -208,7 +208,7 @@ async fn on_send<A: Adapter>(
 }
 
 /// The socket's tenant (empty when unauthenticated, which the handshake prevents).
-fn s_tenant<A: Adapter>(s: &SocketRef<A>) -> String {
+fn tenant_of<A: Adapter>(s: &SocketRef<A>) -> String {
     identity(s).map(|i| i.tenant_id).unwrap_or_default()
 }
 
@@ -222,9 +222,9 @@ async fn on_status<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = gw.admit(&s, EventClass::Read).await?;
-        let req = StatusRequest::parse(payload(data).as_ref())?;
-        gw.member(&id, &req.conversation_id).await?;
+        let (id, req) = gw
+            .admitted_read(&s, data, StatusRequest::parse, |r| &r.conversation_id)
+            .await?;
         let found = gw
             .delivery
             .statuses(
@@ -260,9 +260,9 @@ async fn on_history<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = gw.admit(&s, EventClass::Read).await?;
-        let req = HistoryRequest::parse(payload(data).as_ref())?;
-        gw.member(&id, &req.conversation_id).await?;
+        let (id, req) = gw
+            .admitted_read(&s, data, HistoryRequest::parse, |r| &r.conversation_id)
+            .await?;
         let limit = req.limit();
         // One extra row tells whether an older page exists.
         let mut messages = gw
@@ -329,6 +329,21 @@ impl Gateway {
             Decision::Allowed => Ok(id),
             Decision::Limited { retry_after_ms } => Err(limited("account", retry_after_ms)),
         }
+    }
+
+    /// A read event: admitted by the read budget, its payload parsed, the caller's
+    /// standing in the conversation it names checked.
+    async fn admitted_read<A: Adapter, R>(
+        &self,
+        s: &SocketRef<A>,
+        data: Result<Value, impl std::fmt::Display>,
+        parse: impl FnOnce(Option<&Value>) -> Result<R, ClientError>,
+        conversation: impl Fn(&R) -> &str,
+    ) -> Result<(Identity, R), ClientError> {
+        let id = self.admit(s, EventClass::Read).await?;
+        let req = parse(payload(data).as_ref())?;
+        self.member(&id, conversation(&req)).await?;
+        Ok((id, req))
     }
 
     /// Logs a dependency failure and turns it into what the client may see.

@@ -232,9 +232,9 @@ async fn on_recover<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let id = gw.admit(&s, EventClass::Read).await?;
-        let req = RecoverRequest::parse(payload(data).as_ref())?;
-        gw.member(&id, &req.conversation_id).await?;
+        let (id, req) = gw
+            .admitted_read(&s, data, RecoverRequest::parse, |r| &r.conversation_id)
+            .await?;
         gw.recover(&id.tenant_id, &req).await
     }
     .await;

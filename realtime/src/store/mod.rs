@@ -292,20 +292,14 @@ impl Store {
     /// can be stored (the persister's insert meets the unique id); after `Stored`, it is
     /// stored.
     pub async fn fence_message(&self, r: &ChatRecord) -> Result<Fence> {
+        let mut tombstone = message_document(r)?;
+        tombstone.remove("content");
+        tombstone.insert("tombstone", true);
         let reply = self
             .write(doc! {
                 "findAndModify": MESSAGES,
                 "query": {"message_id": &r.message_id},
-                "update": {"$setOnInsert": {
-                    "tenant_id": &r.tenant_id,
-                    "conversation_id": &r.conversation_id,
-                    "message_id": &r.message_id,
-                    "seq": to_i64(r.seq),
-                    "sender_id": &r.sender_id,
-                    "client_message_id": &r.client_message_id,
-                    "created_at": DateTime::from_millis(r.created_at_ms),
-                    "tombstone": true,
-                }},
+                "update": {"$setOnInsert": tombstone},
                 "upsert": true,
                 "new": false,
             })
