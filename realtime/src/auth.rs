@@ -94,7 +94,11 @@ impl Verifier {
             &self.key,
             &self.validation,
         )
-        .map_err(|e| unauthorized(&describe(e.kind())))?;
+        .map_err(|e| match e.kind() {
+            // The claims could not be read as the verifier expects them: say which.
+            ErrorKind::Json(_) => unauthorized(&misshapen_claim(token)),
+            kind => unauthorized(&describe(kind)),
+        })?;
         let claims = data.claims;
         let tenant_id = string_claim(&claims, "tenant_id")?;
         let user_id = string_claim(&claims, "sub")?;
@@ -139,6 +143,44 @@ fn string_claim(
             "token claim {name} must be a string"
         ))),
     }
+}
+
+/// Names the registered claim of `token` whose JSON type is wrong (the token is not
+/// trusted here: this only explains a refusal to its own sender).
+fn misshapen_claim(token: &str) -> String {
+    use base64::Engine;
+    let claims: Option<serde_json::Map<String, serde_json::Value>> = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(claims) = claims else {
+        return "token claims are not a JSON object".into();
+    };
+    let is_str = |v: &serde_json::Value| v.is_string();
+    let checks: [(&str, &str, fn(&serde_json::Value) -> bool); 6] = [
+        ("sub", "a string", is_str),
+        ("tenant_id", "a string", is_str),
+        ("iss", "a string", is_str),
+        ("exp", "a number", serde_json::Value::is_number),
+        ("nbf", "a number", serde_json::Value::is_number),
+        ("aud", "a string or an array of strings", |v| {
+            v.is_string()
+                || v.as_array()
+                    .is_some_and(|a| a.iter().all(serde_json::Value::is_string))
+        }),
+    ];
+    checks
+        .iter()
+        .find(|(name, _, ok)| claims.get(*name).is_some_and(|v| !v.is_null() && !ok(v)))
+        .map_or_else(
+            || "token claims are malformed".into(),
+            |(name, kind, _)| format!("token claim {name} must be {kind}"),
+        )
 }
 
 fn describe(kind: &ErrorKind) -> String {
