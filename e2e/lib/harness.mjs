@@ -93,6 +93,7 @@ export function mintToken({ tenant, user, secret = SECRET, iss = ISSUER, aud = A
 }
 
 const running = new Set();
+const flushed = new Set();
 
 /**
  * Starts `realtime` with `role` and waits until /readyz answers 200.
@@ -100,6 +101,12 @@ const running = new Set();
  */
 export async function startRealtime({ role, db, redisDb, topicPrefix, groupPrefix, env = {}, port }) {
   const stack = stackEnv();
+  // A Redis database is emptied before its first process of this test file starts:
+  // delivery records left by an earlier run would otherwise be swept into this one.
+  if (!flushed.has(redisDb)) {
+    flushed.add(redisDb);
+    await redisCommand(redisDb, "FLUSHDB");
+  }
   port ??= await freePort();
   const child = spawn(realtimeBin(), [], {
     env: {

@@ -213,7 +213,7 @@ test("packets that are not JSON at all do not hurt the server", async () => {
 });
 
 test("every event has a budget: a flood of reads on one connection is refused, the server stays up (item 8)", async () => {
-  const own = await h.startRealtime({ role: "all", ...s, redisDb: 12, env: { MAX_ROOMS_PER_SOCKET: "2" } });
+  const own = await h.startRealtime({ role: "all", ...s, redisDb: 30, env: { MAX_ROOMS_PER_SOCKET: "2" } });
   await h.seedConversation(store.db, tenant, "extra", ["alice"]);
   const alice = await h.connect(own, h.mintToken({ tenant, user: "alice" }));
   assert.equal((await alice.emitWithAck("room:join", { conversationId: "general" })).ok, true);

@@ -162,7 +162,8 @@ fn misshapen_claim(token: &str) -> String {
         return "token claims are not a JSON object".into();
     };
     let is_str = |v: &serde_json::Value| v.is_string();
-    let checks: [(&str, &str, fn(&serde_json::Value) -> bool); 6] = [
+    type Check = (&'static str, &'static str, fn(&serde_json::Value) -> bool);
+    let checks: [Check; 6] = [
         ("sub", "a string", is_str),
         ("tenant_id", "a string", is_str),
         ("iss", "a string", is_str),

@@ -22,7 +22,17 @@ fn env(name: &str) -> String {
 }
 
 async fn redis() -> ConnectionManager {
-    let client = redis::Client::open(env("REDIS_URL")).expect("REDIS_URL");
+    redis_db(0).await
+}
+
+/// Redis database `db` of the stack: tests that sweep the delivery schedule (one per
+/// database) get their own, so they do not claim each other's records (40–49 are this
+/// file's; the end-to-end suites use lower ones).
+async fn redis_db(db: u32) -> ConnectionManager {
+    let url = env("REDIS_URL");
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let url = format!("{}/{db}?{query}", base.trim_end_matches('/'));
+    let client = redis::Client::open(url).expect("REDIS_URL");
     ConnectionManager::new(client)
         .await
         .expect("Redis reachable at REDIS_URL")
@@ -122,10 +132,15 @@ fn template(tenant: &str, conversation: &str, user: &str, key: &str) -> ChatReco
 }
 
 /// A ledger and sequencer on the real Redis, with a fresh MongoDB database.
-async fn ledger_with(timing: Timing, gap: u64) -> (Store, Sequencer, Ledger) {
+async fn ledger_with(timing: Timing, gap: u64, db: u32) -> (Store, Sequencer, Ledger) {
     let store = store().await;
-    let seq = Sequencer::new(redis().await, store.clone(), gap);
-    (store, seq, Ledger::new(redis().await, timing))
+    // Records of an earlier run would be due in this run's sweeps.
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut redis_db(db).await)
+        .await
+        .unwrap();
+    let seq = Sequencer::new(redis_db(db).await, store.clone(), gap);
+    (store, seq, Ledger::new(redis_db(db).await, timing))
 }
 
 /// Allocates like the gateway does: verifies the counter first when the ledger asks.
@@ -151,7 +166,7 @@ fn new_seq(a: &Allocation) -> u64 {
 
 #[tokio::test]
 async fn sequence_numbers_are_dense_and_keys_are_scoped_by_conversation() {
-    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000).await;
+    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000, 41).await;
     let tenant = unique("t");
     let a = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k1")).await;
     let b = allocate(&ledger, &seq, &template(&tenant, "c", "u", "k2")).await;
@@ -229,7 +244,7 @@ async fn a_lost_counter_is_repaired_past_everything_stored_with_a_gap() {
 
 #[tokio::test]
 async fn a_message_moves_from_sending_to_persisted_once_and_keeps_its_answer() {
-    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000).await;
+    let (store, seq, ledger) = ledger_with(timing(5_000, 1_000, 2), 1000, 42).await;
     let t = template(&unique("t"), "c", "u", "k");
     let Allocation::New(record) = allocate(&ledger, &seq, &t).await else {
         panic!("new")
@@ -298,7 +313,7 @@ async fn claim(ledger: &Ledger, key: &str) -> Option<Due> {
 #[tokio::test]
 async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delays_an_accepted_one()
 {
-    let (store, seq, ledger) = ledger_with(timing(200, 100, 2), 1000).await;
+    let (store, seq, ledger) = ledger_with(timing(200, 100, 2), 1000, 43).await;
     let tenant = unique("t");
     let Allocation::New(never) = allocate(&ledger, &seq, &template(&tenant, "c", "u", "a")).await
     else {
@@ -370,13 +385,13 @@ async fn the_sweeper_produces_an_unacknowledged_message_until_it_fails_and_delay
 
 #[tokio::test]
 async fn a_record_that_vanished_is_reported_not_dropped() {
-    let (store, seq, ledger) = ledger_with(timing(100, 100, 2), 1000).await;
+    let (store, seq, ledger) = ledger_with(timing(100, 100, 2), 1000, 44).await;
     let Allocation::New(r) = allocate(&ledger, &seq, &template(&unique("t"), "c", "u", "k")).await
     else {
         panic!()
     };
     let key = Ledger::key(&r);
-    let mut conn = redis().await;
+    let mut conn = redis_db(44).await;
     let _: i64 = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
