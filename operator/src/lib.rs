@@ -4,10 +4,12 @@
 //! - [`render`]: pure rendering of a RealtimeCluster's children;
 //! - [`controller`]: reconcilers, their context, errors and back-off;
 //! - [`run`]: wiring of the controllers to the API server;
+//! - [`leader`]: leader election on a Lease, and prompt termination;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod run;

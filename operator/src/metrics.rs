@@ -1,7 +1,9 @@
 //! Prometheus metrics of the operator, labelled by kind and error category only (never
-//! by object name, so cardinality stays bounded).
+//! by object name, so cardinality stays bounded). Per-object reconcile counts are kept in
+//! process only ([`Metrics::reconciled`]), for tests and debugging, never exported.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -34,6 +36,19 @@ pub struct Metrics {
     pub duration: Family<KindLabel, Histogram>,
     pub turn_probes: Family<ResultLabel, Counter>,
     pub turn_rotations: Counter,
+    /// Completed reconciles per object (`kind`, `namespace/name`): how many, and the
+    /// `resourceVersion` the last one saw. Not exported (unbounded labels); one small
+    /// entry per object seen since the process started.
+    objects: Arc<Mutex<HashMap<(&'static str, String), Reconciled>>>,
+}
+
+/// What the reconciles of one object have done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Reconciles that finished (successfully or not).
+    pub count: u64,
+    /// `metadata.resourceVersion` of the object the last finished reconcile worked on.
+    pub resource_version: Option<String>,
 }
 
 impl Default for Metrics {
@@ -78,11 +93,33 @@ impl Default for Metrics {
             duration,
             turn_probes,
             turn_rotations,
+            objects: Arc::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Records a finished reconcile of `key` (`namespace/name`) at `resource_version`.
+    pub fn finished(&self, kind: &'static str, key: &str, resource_version: Option<String>) {
+        let mut map = self
+            .objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry((kind, key.to_owned())).or_default();
+        entry.count = entry.count.saturating_add(1);
+        entry.resource_version = resource_version;
+    }
+
+    /// The finished reconciles of one object so far (zero when none).
+    pub fn reconciled(&self, kind: &'static str, key: &str) -> Reconciled {
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(kind, key.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

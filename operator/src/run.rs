@@ -1,17 +1,28 @@
 //! Wires the controllers to the API server; used by the binary and by the tests.
+//!
+//! Watches: the RealtimeClusters and TurnPools in scope; the children the operator owns
+//! (selected by its `managed-by` label); the other RealtimeClusters (a change of one can
+//! start or stop another that shares its Kafka topics); and Secrets. Secrets are watched
+//! for their metadata only (`PartialObjectMeta`: the API server sends no data): a change of a referenced Secret (or of a TurnPool's own
+//! Secret, selected by label) triggers a reconcile, which then reads the one Secret it
+//! needs by name. The operator never caches a Secret's data.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
+use crate::controller::realtime_cluster::conflict;
 use crate::controller::{Context, realtime_cluster, turn_pool};
+
 use crate::crd::{RealtimeCluster, TurnPool};
+pub use crate::leader::{LeaderExit, LeaseConfig, run_leader};
 use crate::metrics::Metrics;
 
 /// `policy/v1` when the server has it (1.21+), else `policy/v1beta1`.
@@ -28,6 +39,18 @@ pub async fn pdb_api_version(client: &Client) -> String {
         _ => "policy/v1beta1".into(),
     }
 }
+
+/// Whether the cache has been filled (or its writer is gone).
+fn filled<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some()
+}
+
+/// Label of every child the operator makes.
+const MANAGED: &str = "app.kubernetes.io/managed-by=realtime-operator";
 
 /// Scope of the watches: one namespace, or all.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -66,21 +89,26 @@ pub async fn run_controllers(
 ) {
     let ns = namespace.as_deref();
     let recorder = Recorder::new(client.clone(), reporter);
+    let clusters: Api<RealtimeCluster> = api(&client, ns);
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let store = controller.store();
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
         metrics,
         pdb_api_version(&client).await,
+        store.clone(),
     ));
-    let clusters: Api<RealtimeCluster> = api(&client, ns);
-    let controller = Controller::new(clusters, watcher::Config::default());
-    let store = controller.store();
-    let by_secret = store.clone();
-    let by_pool = store;
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=realtime-operator");
+    let (by_secret, by_pool, by_cluster) = (store.clone(), store.clone(), store.clone());
+    let owned = watcher::Config::default().labels(MANAGED);
+    let pool_secrets = watcher::Config::default().labels(&format!(
+        "{MANAGED},app.kubernetes.io/component=turn-secret"
+    ));
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let pools = Controller::new(api::<TurnPool>(&client, ns), watcher::Config::default())
-        .owns(api::<Secret>(&client, ns), owned.clone())
+    let pools = Controller::new(api::<TurnPool>(&client, ns), watcher::Config::default());
+    let pool_store = pools.store();
+    let pools = pools
+        .owns(api::<PartialObjectMeta<Secret>>(&client, ns), pool_secrets)
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .graceful_shutdown_on(shutdown.clone())
@@ -95,7 +123,7 @@ pub async fn run_controllers(
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned)
         .watches(
-            api::<Secret>(&client, ns),
+            api::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             move |secret| {
                 referencing(&by_secret, &secret, |rc, name| {
@@ -117,7 +145,12 @@ pub async fn run_controllers(
                 })
             },
         )
-        .graceful_shutdown_on(shutdown)
+        .watches(
+            api::<RealtimeCluster>(&client, ns),
+            watcher::Config::default(),
+            move |changed| conflict::affected(&changed, &by_cluster.state()),
+        )
+        .graceful_shutdown_on(shutdown.clone())
         .run(
             realtime_cluster::reconcile,
             realtime_cluster::error_policy,
@@ -128,90 +161,17 @@ pub async fn run_controllers(
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    futures::join!(clusters, pools);
-}
-
-/// Leader election on a `coordination.k8s.io/v1` Lease.
-pub struct LeaseConfig {
-    pub namespace: String,
-    pub name: String,
-    /// Unique per replica (the pod name).
-    pub identity: String,
-    /// Seconds a lease stays valid without renewal; a follower takes over after it.
-    pub duration_seconds: u64,
-}
-
-/// Why [`run_leader`] returned.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LeaderExit {
-    /// Shutdown was requested.
-    Shutdown,
-    /// The lease was lost: stop writing now, let the process restart and campaign again.
-    LostLease,
-}
-
-/// Waits for the Lease, runs the controllers while it is held, and stops them the moment
-/// it is lost, so two replicas never both reconcile.
-pub async fn run_leader(
-    client: Client,
-    namespace: Option<String>,
-    metrics: Metrics,
-    reporter: Reporter,
-    lease: LeaseConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<LeaderExit, kube_lease_manager::LeaseManagerError> {
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&lease.identity)
-        .with_duration(lease.duration_seconds)
-        .with_grace((lease.duration_seconds / 3).max(1))
-        .build()
-        .await?;
-    let (mut leader, task) = manager.watch().await;
-    let mut shutdown = Box::pin(shutdown);
-    loop {
-        if *leader.borrow_and_update() {
-            break;
+    // kube-runtime holds a controller's runner until its cache is filled, also through a
+    // graceful shutdown; with the watches stopped it would wait forever. Before the caches
+    // are filled nothing is being reconciled, so a shutdown then stops at once.
+    let before_ready = async move {
+        shutdown.await;
+        if filled(&store) && filled(&pool_store) {
+            std::future::pending::<()>().await;
         }
-        tokio::select! {
-            () = &mut shutdown => {
-                drop(leader);
-                let _ = task.await;
-                return Ok(LeaderExit::Shutdown);
-            }
-            changed = leader.changed() => if changed.is_err() {
-                return Ok(LeaderExit::LostLease);
-            },
-        }
-    }
-    tracing::info!(identity = %lease.identity, lease = %lease.name, "acquired the lease; reconciling");
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<LeaderExit>();
-    let mut watch = leader.clone();
-    let stop = async move {
-        let why = tokio::select! {
-            () = &mut shutdown => LeaderExit::Shutdown,
-            () = async {
-                while watch.changed().await.is_ok() {
-                    if !*watch.borrow_and_update() {
-                        return;
-                    }
-                }
-            } => LeaderExit::LostLease,
-        };
-        let _ = lost_tx.send(why);
     };
-    run_controllers(client, namespace, metrics, reporter, stop).await;
-    let why = lost_rx.await.unwrap_or(LeaderExit::Shutdown);
-    // Closing the channel makes the manager release the lease for a fast hand-over.
-    drop(leader);
-    match task.await {
-        Ok(Ok(manager)) => {
-            if let Err(e) = manager.release().await {
-                tracing::warn!(error = %e, "releasing the lease failed; it expires by itself");
-            }
-        }
-        Ok(Err(e)) => tracing::warn!(error = %e, "lease manager ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "lease manager task failed"),
+    tokio::select! {
+        _ = futures::future::join(clusters, pools) => {}
+        () = before_ready => tracing::debug!("stopped before the caches were filled"),
     }
-    Ok(why)
 }

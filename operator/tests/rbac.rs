@@ -1,6 +1,8 @@
 //! The chart's RBAC is enough, and only what is needed: the operator runs with the
-//! ServiceAccount token the chart's Role binds (namespace-scoped variant), holds its Lease
-//! and reconciles a RealtimeCluster to completion on the local kube-apiserver.
+//! ServiceAccount token (TokenRequest API) the chart's Role binds (namespace-scoped
+//! variant), holds its Lease, reconciles a RealtimeCluster and TurnPools to completion,
+//! deletes what they no longer want, and follows a Secret through its metadata-only watch
+//! on the local kube-apiserver.
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,11 +11,15 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{client, eventually, minimal_cluster, test_namespace};
+use common::cluster::{checksum_follows_secret, unreference_turn_pool};
+use common::token::{client_with_token, service_account_token};
+use common::{
+    client, delete_namespace, eventually, minimal_cluster, minimal_cluster_secret, test_namespace,
+    wait_both_gone,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use realtime_operator::crd::{RealtimeCluster, TurnPool};
 use realtime_operator::metrics::Metrics;
@@ -73,37 +79,12 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
     let ns = test_namespace(&admin, "rbac").await;
     install_chart_rbac(&ns);
 
-    // The token controller fills a token Secret for the chart's ServiceAccount.
+    // The operator's ServiceAccount token from the TokenRequest API (no token Secret is
+    // created for ServiceAccounts since Kubernetes 1.24).
+    let token = service_account_token(&admin, &ns, "rt").await;
+    let operator = client_with_token(&token).await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    let token = eventually("the ServiceAccount token", 30, || async {
-        secrets
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find_map(|s| {
-                let annotations = s.metadata.annotations.unwrap_or_default();
-                (s.type_.as_deref() == Some("kubernetes.io/service-account-token")
-                    && annotations
-                        .get("kubernetes.io/service-account.name")
-                        .map(String::as_str)
-                        == Some("rt"))
-                .then(|| String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap())
-            })
-    })
-    .await;
-    let mut kubeconfig = Kubeconfig::read_from(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    for user in &mut kubeconfig.auth_infos {
-        if let Some(auth) = user.auth_info.as_mut() {
-            auth.token = Some(token.clone().into());
-        }
-    }
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let operator = kube::Client::try_from(config).unwrap();
-    // The operator's identity may not read outside its namespace.
+    // The operator's identity may not read outside its namespace, nor delete a Secret.
     assert!(
         Api::<Secret>::namespaced(operator.clone(), "default")
             .list(&Default::default())
@@ -111,14 +92,14 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             .is_err()
     );
 
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "s"}, "stringData": {"mongo": "m", "redis": "r", "jwt": "j"}}),
-    )
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    minimal_cluster_secret(&admin, &ns).await;
+    assert!(
+        Api::<Secret>::namespaced(operator.clone(), &ns)
+            .delete("s", &DeleteParams::default())
+            .await
+            .is_err(),
+        "the operator never deletes a Secret"
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let lease = LeaseConfig {
         namespace: ns.clone(),
@@ -204,9 +185,42 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
         "exactly the pool and its Secret"
     );
 
+    // A managed pool (coturn Deployment and Service), then switched to external servers:
+    // the operator deletes what it no longer wants.
+    let managed: TurnPool = serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": "TurnPool", "metadata": {"name": "managed"},
+        "spec": {"managed": {"replicas": 1, "realm": "r.example", "serviceType": "NodePort"},
+                 "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1}}
+    }))
+    .unwrap();
+    pools
+        .create(&PostParams::default(), &managed)
+        .await
+        .unwrap();
+    let (deployments, services) = (
+        Api::<Deployment>::namespaced(admin.clone(), &ns),
+        Api::<Service>::namespaced(admin.clone(), &ns),
+    );
+    eventually("coturn applied by the operator's identity", 60, || async {
+        services.get_opt("managed-coturn").await.unwrap()
+    })
+    .await;
+    pools
+        .patch(
+            "managed",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"managed": null,
+                "servers": [{"host": "127.0.0.1", "port": 9, "transports": ["udp"]}]}})),
+        )
+        .await
+        .unwrap();
+    wait_both_gone(&deployments, &services, "managed-coturn").await;
+    // The cluster stops following the pool: its data plane's Role goes.
+    unreference_turn_pool(&admin, &ns, "chat").await;
+    // A Secret edit reaches the operator through its metadata-only watch.
+    checksum_follows_secret(&clusters, &secrets, "chat", "mongo", "m2").await;
+
     stop.send(()).unwrap();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
-    let _ = Api::<Namespace>::all(admin)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    delete_namespace(&admin, &ns).await;
 }

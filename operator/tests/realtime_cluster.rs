@@ -1,22 +1,25 @@
 //! The RealtimeCluster controller, running in-process against the local kube-apiserver
-//! and controller-manager (`scripts/kube.sh`). There is no kubelet, so readiness is
-//! simulated by patching the Deployments' status as a kubelet-backed controller would.
+//! and controller-manager (`scripts/kube.sh`). There is no kubelet, so the tests mark pods
+//! Ready as a kubelet would; the controller-manager's ReplicaSet and Deployment
+//! controllers then report replicas and rollouts.
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Env, eventually};
+use common::cluster::{
+    condition, finish_rollout, rollout_complete, unreference_turn_pool, wait_condition, wait_event,
+};
+use common::{Env, eventually, wait_both};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use realtime_operator::crd::RealtimeCluster;
+use realtime_operator::controller::realtime_cluster::KIND;
+use realtime_operator::crd::{RealtimeCluster, TurnPool};
 use realtime_operator::render::CHECKSUM_ANNOTATION;
 use serde_json::json;
 
@@ -38,18 +41,21 @@ fn example(name: &str) -> RealtimeCluster {
     .unwrap()
 }
 
-async fn condition(
-    api: &Api<RealtimeCluster>,
-    name: &str,
-    type_: &str,
-) -> Option<(String, String, String)> {
-    let rc = api.get(name).await.ok()?;
-    let c = rc
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
+/// The generation and the time of the operator's last change to a child: both stay as
+/// they are when the operator's apply changes nothing.
+fn operator_fields(d: &Deployment) -> (Option<i64>, Option<String>) {
+    let applied = d
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|f| {
+            f.manager.as_deref() == Some("realtime-operator")
+                && f.operation.as_deref() == Some("Apply")
+        })
+        .and_then(|f| f.time.as_ref())
+        .map(|t| t.0.to_string());
+    (d.metadata.generation, applied)
 }
 
 async fn checksum(api: &Api<Deployment>, name: &str) -> String {
@@ -64,35 +70,6 @@ async fn checksum(api: &Api<Deployment>, name: &str) -> String {
         .annotations
         .unwrap()[CHECKSUM_ANNOTATION]
         .clone()
-}
-
-/// Marks the pods of a component Ready, as a kubelet would; the ReplicaSet and
-/// Deployment controllers of the controller-manager then report ready replicas.
-async fn set_ready(env: &Env, component: &str, expected: usize) {
-    let pods = env.api::<Pod>();
-    let selector = format!("app.kubernetes.io/component={component}");
-    let list = eventually(&format!("{expected} {component} pods"), 30, || async {
-        let l = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .unwrap();
-        (l.items.len() >= expected).then_some(l)
-    })
-    .await;
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    for pod in list.items {
-        let status = json!({"status": {"phase": "Running", "conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}
-        ]}});
-        pods.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .unwrap();
-    }
 }
 
 #[tokio::test]
@@ -144,18 +121,11 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
     let data = cm.data.unwrap();
     assert_eq!(data["KAFKA_BROKERS"], "kafka.kafka.svc:9092");
     assert_eq!(data["MESSAGE_PERSISTENCE_BATCH_SIZE"], "100");
+    // spec.kafka.replicationFactor (CRD default 1) reaches the data plane.
+    assert_eq!(data["KAFKA_REPLICATION_FACTOR"], "1");
     assert!(
         !data.values().any(|v| v.contains("s3cret")),
         "no secret in the ConfigMap"
-    );
-    assert_eq!(
-        env.api::<Service>()
-            .get("chat-gateway")
-            .await
-            .unwrap()
-            .owner_references()[0]
-            .uid,
-        uid
     );
     assert_eq!(
         env.api::<ServiceAccount>()
@@ -166,6 +136,12 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
             .uid,
         uid
     );
+    // The Service and the PDB are applied after the Deployments.
+    let service = eventually("the gateway Service", 30, || async {
+        env.api::<Service>().get_opt("chat-gateway").await.unwrap()
+    })
+    .await;
+    assert_eq!(service.owner_references()[0].uid, uid);
     let pdb_version = realtime_operator::run::pdb_api_version(&env.client).await;
     let (g, v) = pdb_version.split_once('/').unwrap();
     let pdbs: Api<DynamicObject> = Api::namespaced_with(
@@ -173,10 +149,11 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
         &env.ns,
         &ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, "PodDisruptionBudget")),
     );
-    assert_eq!(
-        pdbs.get("chat-gateway").await.unwrap().owner_references()[0].uid,
-        uid
-    );
+    let pdb = eventually("the gateway PDB", 30, || async {
+        pdbs.get_opt("chat-gateway").await.unwrap()
+    })
+    .await;
+    assert_eq!(pdb.owner_references()[0].uid, uid);
     let gateway = deployments.get("chat-gateway").await.unwrap();
     let env_names: Vec<String> = gateway.spec.unwrap().template.spec.unwrap().containers[0]
         .env
@@ -193,13 +170,8 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
     }
 
     // No kubelet: nothing is ready, the cluster says it is still reconciling.
-    let (ready, reason, message) = eventually("Ready=False", 30, || async {
-        condition(&clusters, "chat", "Ready")
-            .await
-            .filter(|c| c.0 == "False")
-    })
-    .await;
-    assert_eq!((ready.as_str(), reason.as_str()), ("False", "Progressing"));
+    let (reason, message) = wait_condition(&clusters, "chat", "Ready", "False").await;
+    assert_eq!(reason, "Progressing");
     assert!(message.contains("gateway 0/2"), "{message}");
     assert_eq!(
         condition(&clusters, "chat", "Reconciling").await.unwrap().0,
@@ -211,50 +183,53 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
     );
     let status = clusters.get("chat").await.unwrap().status.unwrap();
     assert_eq!(status.observed_generation, rc.metadata.generation);
+    let endpoints = status.endpoints.unwrap();
     assert!(
-        status
-            .endpoints
-            .unwrap()
+        endpoints
             .websocket_url
             .ends_with(&format!("chat-gateway.{}.svc:80/chat", env.ns))
     );
+    // Nothing serves an admin API yet: no URL is advertised for it.
+    assert_eq!(endpoints.admin_url, None);
+    let raw = serde_json::to_value(clusters.get("chat").await.unwrap()).unwrap();
+    assert!(
+        raw["status"]["endpoints"].get("adminUrl").is_none(),
+        "{raw}"
+    );
 
     // Replicas become ready the way a kubelet-backed controller would report it.
-    set_ready(&env, "gateway", 2).await;
-    set_ready(&env, "persister", 1).await;
-    eventually("Ready=True", 60, || async {
-        condition(&clusters, "chat", "Ready")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    finish_rollout(&env, "chat", "gateway").await;
+    finish_rollout(&env, "chat", "persister").await;
+    wait_condition(&clusters, "chat", "Ready", "True").await;
     assert_eq!(
         condition(&clusters, "chat", "Reconciling").await.unwrap().0,
         "False"
     );
+    let gateway = clusters
+        .get("chat")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .gateway
+        .unwrap();
     assert_eq!(
-        clusters
-            .get("chat")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .gateway
-            .unwrap()
-            .summary,
-        "2/2"
+        (
+            gateway.summary.as_str(),
+            gateway.updated_replicas,
+            gateway.available_replicas
+        ),
+        ("2/2", 2, 2)
     );
 
-    // A reconcile that changes nothing writes nothing.
-    let before = (
-        clusters.get("chat").await.unwrap(),
-        deployments
-            .get("chat-gateway")
-            .await
-            .unwrap()
-            .resource_version(),
-    );
-    clusters
+    // A reconcile that changes nothing writes nothing: once the operator has caught up
+    // with the poke (a reconcile that started after it has finished, on the cluster's
+    // latest version), that version is still the poke's (no status write) and no child's
+    // operator-owned fields changed (the controller-manager may still touch their status).
+    let status_before = clusters.get("chat").await.unwrap().status;
+    let gateway_before = operator_fields(&deployments.get("chat-gateway").await.unwrap());
+    let before = env.reconciles(KIND, "chat");
+    let poked = clusters
         .patch(
             "chat",
             &PatchParams::default(),
@@ -262,22 +237,20 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let latest = env.caught_up(KIND, "chat", before).await;
     let after = clusters.get("chat").await.unwrap();
-    assert_eq!(after.status, before.0.status, "status unchanged");
+    assert_eq!(after.status, status_before, "status unchanged");
+    assert_eq!(latest, poked.resource_version().unwrap(), "nothing written");
     assert_eq!(
-        deployments
-            .get("chat-gateway")
-            .await
-            .unwrap()
-            .resource_version(),
-        before.1,
+        operator_fields(&deployments.get("chat-gateway").await.unwrap()),
+        gateway_before,
         "children unchanged"
     );
 
-    // Editing the spec rolls the pods; so does editing a referenced Secret.
+    // Editing the spec rolls the pods; the cluster is not Ready until the rollout is
+    // complete by the Deployments' own status (old pods still serve the old config).
     let first = checksum(&deployments, "chat-gateway").await;
-    clusters
+    let edited = clusters
         .patch(
             "chat",
             &PatchParams::default(),
@@ -290,6 +263,30 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
         (c != first).then_some(c)
     })
     .await;
+    let (reason, message) = eventually("Ready=False for the new generation", 30, || async {
+        let rc = clusters.get("chat").await.unwrap();
+        let status = rc.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (status.observed_generation == edited.metadata.generation && ready.status == "False")
+            .then(|| (ready.reason.clone(), ready.message.clone()))
+    })
+    .await;
+    assert_eq!(reason, "Progressing");
+    assert!(message.contains("waiting for the rollout"), "{message}");
+    assert_eq!(
+        condition(&clusters, "chat", "Reconciling").await.unwrap().0,
+        "True"
+    );
+    assert!(
+        !rollout_complete(&deployments.get("chat-gateway").await.unwrap()),
+        "Ready=False while the Deployment still rolls"
+    );
+    finish_rollout(&env, "chat", "gateway").await;
+    finish_rollout(&env, "chat", "persister").await;
+    wait_condition(&clusters, "chat", "Ready", "True").await;
+    assert!(rollout_complete(
+        &deployments.get("chat-gateway").await.unwrap()
+    ));
     assert_eq!(
         env.api::<ConfigMap>()
             .get("chat-config")
@@ -346,12 +343,7 @@ async fn missing_secret_stalls_with_a_clear_message_and_recovers() {
         .create(&PostParams::default(), &example("chat"))
         .await
         .unwrap();
-    let (_, reason, message) = eventually("Stalled=True", 30, || async {
-        condition(&clusters, "chat", "Stalled")
-            .await
-            .filter(|c| c.0 == "True")
-    })
-    .await;
+    let (reason, message) = wait_condition(&clusters, "chat", "Stalled", "True").await;
     assert_eq!(reason, "MissingReference");
     assert!(
         message.contains(&format!("Secret {}/realtime-redis", env.ns))
@@ -370,37 +362,12 @@ async fn missing_secret_stalls_with_a_clear_message_and_recovers() {
             .is_none(),
         "nothing deployed half-configured"
     );
-    let events: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.ns,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
-    );
-    eventually("a Warning Event", 30, || async {
-        events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| {
-                e.data["reason"] == "MissingReference"
-                    && e.data["type"] == "Warning"
-                    && e.data["note"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("realtime-redis")
-            })
-    })
-    .await;
+    wait_event(&env, "MissingReference", "Warning", "realtime-redis").await;
 
-    // The Secret appears: the controller recovers without anyone touching the cluster.
+    // The Secret appears: the controller recovers without anyone touching the cluster
+    // (the operator watches Secrets' metadata only, and reads the one it needs by name).
     env.secret("realtime-redis", "url", "redis://r").await;
-    eventually("Stalled=False", 30, || async {
-        condition(&clusters, "chat", "Stalled")
-            .await
-            .filter(|c| c.0 == "False")
-    })
-    .await;
+    wait_condition(&clusters, "chat", "Stalled", "False").await;
     eventually("Deployments created", 30, || async {
         env.api::<Deployment>()
             .get_opt("chat-gateway")
@@ -411,6 +378,63 @@ async fn missing_secret_stalls_with_a_clear_message_and_recovers() {
     assert_eq!(
         condition(&clusters, "chat", "Reconciling").await.unwrap().0,
         "True"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn removing_the_turn_pool_reference_deletes_the_readers_role_and_binding() {
+    let env = Env::start("rtc-prune").await;
+    for (name, key, value) in [
+        ("realtime-mongodb", "uri", "mongodb://m"),
+        ("realtime-redis", "url", "redis://r"),
+        ("realtime-jwt", "secret", "s"),
+    ] {
+        env.secret(name, key, value).await;
+    }
+    let pool: TurnPool = serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": "TurnPool", "metadata": {"name": "edge"},
+        "spec": {"servers": [{"host": "127.0.0.1", "port": 9, "transports": ["udp"]}]}
+    }))
+    .unwrap();
+    env.api::<TurnPool>()
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap();
+    let mut rc = example("chat");
+    rc.spec.turn_pool_ref = Some(realtime_operator::crd::LocalRef {
+        name: "edge".into(),
+    });
+    let clusters = env.api::<RealtimeCluster>();
+    clusters.create(&PostParams::default(), &rc).await.unwrap();
+    let roles = env.api::<Role>();
+    wait_both(&roles, &env.api::<RoleBinding>(), "chat-turn-reader").await;
+    // An unrelated Role with the same labels but another owner is left alone.
+    let bystander: Role = serde_json::from_value(json!({
+        "metadata": {"name": "chat-bystander", "labels": {
+            "app.kubernetes.io/instance": "chat",
+            "app.kubernetes.io/managed-by": "realtime-operator"}},
+        "rules": []
+    }))
+    .unwrap();
+    roles
+        .create(&PostParams::default(), &bystander)
+        .await
+        .unwrap();
+
+    // The reference goes: the data plane loses its read access to the TURN Secret.
+    unreference_turn_pool(&env.client, &env.ns, "chat").await;
+    wait_event(&env, "Pruned", "Normal", "Role/chat-turn-reader").await;
+    assert!(roles.get_opt("chat-bystander").await.unwrap().is_some());
+    let config = env.api::<ConfigMap>().get("chat-config").await.unwrap();
+    assert!(!config.data.unwrap().contains_key("TURN_POOL"));
+    // The other children stay.
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("chat-gateway")
+            .await
+            .unwrap()
+            .is_some()
     );
     env.stop().await;
 }

@@ -1,5 +1,7 @@
-//! Reconcilers and what they share: the context, errors and per-object back-off.
+//! Reconcilers and what they share: the context, errors and per-object back-off, and
+//! the pruning of children no longer wanted ([`children`]).
 
+pub mod children;
 pub mod realtime_cluster;
 pub mod turn_pool;
 
@@ -9,9 +11,11 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use serde::Serialize;
 
+use crate::crd::RealtimeCluster;
 use crate::metrics::Metrics;
 
 /// The single field manager of every server-side apply the operator makes.
@@ -24,6 +28,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// `policy/v1` or, on servers before 1.21, `policy/v1beta1`.
     pub pdb_api_version: String,
+    /// Every RealtimeCluster the operator watches (the controller's cache), to find
+    /// installations that would share Kafka topics.
+    pub clusters: Store<RealtimeCluster>,
     backoff: Mutex<HashMap<String, u32>>,
     /// When each TurnPool was last probed, and at which generation.
     probes: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
@@ -35,12 +42,14 @@ impl Context {
         recorder: Recorder,
         metrics: Metrics,
         pdb_api_version: String,
+        clusters: Store<RealtimeCluster>,
     ) -> Self {
         Self {
             client,
             recorder,
             metrics,
             pdb_api_version,
+            clusters,
             backoff: Mutex::default(),
             probes: Mutex::default(),
         }
@@ -114,13 +123,15 @@ pub fn object_key<K: Resource>(obj: &K) -> String {
     )
 }
 
-/// Runs one reconcile with its metrics, and forgets the object's failures when it works.
-pub async fn instrumented(
+/// Runs one reconcile of `obj` with its metrics, records it as finished (with the
+/// `resourceVersion` it worked on), and forgets the object's failures when it works.
+pub async fn instrumented<K: Resource>(
     ctx: &Context,
     kind: &'static str,
-    key: &str,
+    obj: &K,
     run: impl Future<Output = Result<kube::runtime::controller::Action, Error>>,
 ) -> Result<kube::runtime::controller::Action, Error> {
+    let key = object_key(obj);
     let started = std::time::Instant::now();
     let label = crate::metrics::KindLabel { kind };
     ctx.metrics.reconciliations.get_or_create(&label).inc();
@@ -130,8 +141,10 @@ pub async fn instrumented(
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.succeeded(key);
+        ctx.succeeded(&key);
     }
+    ctx.metrics
+        .finished(kind, &key, obj.meta().resource_version.clone());
     result
 }
 
@@ -164,6 +177,26 @@ where
         name,
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Server-side applies `status` as the status of the `K` named `name`, with the
+/// operator's field manager.
+pub async fn apply_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
     )
     .await?;
     Ok(())

@@ -47,6 +47,10 @@ pub mod condition {
     pub const REASON_MISSING_REFERENCE: &str = "MissingReference";
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     pub const REASON_RECONCILED: &str = "Reconciled";
+    /// Another RealtimeCluster, older, uses the same topics on the same broker.
+    pub const REASON_TOPIC_CONFLICT: &str = "TopicConflict";
+    /// The spec asks for something the operator cannot do yet (e.g. JWKS).
+    pub const REASON_UNSUPPORTED: &str = "Unsupported";
 }
 
 /// A condition with `lastTransitionTime` left for [`merge_conditions`] to decide.

@@ -21,6 +21,7 @@ use super::{LocalRef, SecretKeyRef};
     namespaced,
     shortname = "rtc",
     status = "RealtimeClusterStatus",
+    validation = Rule::new("has(self.spec.auth.jwtSecretRef)").message("spec.auth.jwtSecretRef is required: JWKS (spec.auth.jwksUrl) is not supported yet"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Gateways","type":"string","jsonPath":".status.gateway.summary"}"#,
     printcolumn = r#"{"name":"Persisters","type":"string","jsonPath":".status.persister.summary"}"#,
@@ -64,6 +65,7 @@ pub struct RealtimeClusterSpec {
     #[serde(default)]
     pub delivery: DeliverySpec,
     /// Seconds every call participant has to consent before a recording is abandoned.
+    /// Not used yet: recording is not built, nothing reads this value.
     #[serde(default = "default_recording_consent_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub recording_consent_timeout_seconds: u32,
@@ -188,11 +190,13 @@ pub struct KafkaSpec {
     /// Topic names.
     #[serde(default)]
     pub topics: TopicNames,
-    /// Partitions of the default topics the operator creates.
+    /// Partitions of the default topics, rendered as `KAFKA_TOPIC_PARTITIONS`: the data
+    /// plane creates missing topics with it.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 10000))]
     pub partitions: i32,
-    /// Replication factor of the default topics.
+    /// Replication factor of the default topics, rendered as `KAFKA_REPLICATION_FACTOR`:
+    /// the data plane creates missing topics with it.
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1, max = 32))]
     pub replication_factor: i32,
@@ -215,7 +219,8 @@ pub struct TopicNames {
     /// Persistence events.
     #[serde(default = "default_persistence_topic")]
     pub persistence_events: String,
-    /// Recording events.
+    /// Recording events. Not used yet: recording is not built; the name still counts
+    /// when the operator checks that installations sharing a broker use their own topics.
     #[serde(default = "default_recording_topic")]
     pub recording_events: String,
 }
@@ -264,14 +269,17 @@ pub struct RedisSpec {
     pub url_secret_ref: SecretKeyRef,
 }
 
-/// Token verification: an HS256 secret or a JWKS URL, with issuer and audience.
+/// Token verification: an HS256 secret (required for now; JWKS is not supported yet),
+/// with issuer and audience.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Secret key holding the HS256 signing secret.
+    /// Secret key holding the HS256 signing secret. Required until JWKS is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_ref: Option<SecretKeyRef>,
-    /// URL of a JWKS document (RS256/ES256 tokens) instead of a shared secret.
+    /// URL of a JWKS document (RS256/ES256 tokens) instead of a shared secret. Not
+    /// supported yet: a cluster without `jwtSecretRef` is refused (or, on servers that
+    /// ignore CEL rules, reported `Stalled` with reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// Expected `iss` claim.
@@ -360,7 +368,7 @@ pub struct RealtimeClusterStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Where clients and administrators connect.
+    /// Where clients connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
     /// Gateway replicas.
@@ -374,14 +382,15 @@ pub struct RealtimeClusterStatus {
     pub config_checksum: Option<String>,
 }
 
-/// Where clients and administrators connect.
+/// Where clients connect.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     /// Socket.IO URL inside the cluster (namespace `/chat`).
     pub websocket_url: String,
-    /// Admin API URL inside the cluster.
-    pub admin_url: String,
+    /// Admin API URL inside the cluster. Omitted: no component serves the admin API yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
 }
 
 /// Replica counts of one component.
@@ -392,6 +401,12 @@ pub struct ComponentStatus {
     pub replicas: i32,
     /// Ready replicas.
     pub ready_replicas: i32,
+    /// Replicas running the current pod template (during a rollout, fewer than desired).
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Available replicas (ready for at least `minReadySeconds`).
+    #[serde(default)]
+    pub available_replicas: i32,
     /// `ready/desired`, for `kubectl get`.
     pub summary: String,
 }

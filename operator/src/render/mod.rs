@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
     ServiceSpec as K8sServiceSpec,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -19,6 +18,9 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{RealtimeCluster, SecretKeyRef, ServiceType, labels};
 
 pub mod turn_pool;
+mod turn_reader;
+
+pub use turn_reader::{turn_reader_name, turn_reader_role};
 
 /// Port the data plane listens on inside the pod.
 pub const CONTAINER_PORT: i32 = 3000;
@@ -61,7 +63,12 @@ pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
             s.kafka.topics.persistence_events.clone(),
         ),
         ("KAFKA_TOPIC_PARTITIONS", s.kafka.partitions.to_string()),
-        // One group prefix per installation, so installations can share a broker.
+        (
+            "KAFKA_REPLICATION_FACTOR",
+            s.kafka.replication_factor.to_string(),
+        ),
+        // One group prefix per installation. Topics must differ too: the operator does not
+        // run two installations that share a topic on one broker (see `conflict`).
         (
             "KAFKA_GROUP_PREFIX",
             format!(
@@ -129,52 +136,6 @@ pub fn service_account(rc: &RealtimeCluster) -> ServiceAccount {
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
-}
-
-pub fn turn_reader_name(cluster: &str) -> String {
-    format!("{cluster}-turn-reader")
-}
-
-/// Read access to exactly the referenced TurnPool and its shared-secret Secret, for the
-/// data plane's ServiceAccount; `None` without `spec.turnPoolRef`.
-pub fn turn_reader_role(rc: &RealtimeCluster) -> Option<(Role, RoleBinding)> {
-    let pool = rc.spec.turn_pool_ref.as_ref()?;
-    let name = turn_reader_name(&rc.name_any());
-    let verbs = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
-    let role = Role {
-        metadata: meta(rc, name.clone(), "data-plane"),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec!["realtime.dev".into()]),
-                resources: Some(vec!["turnpools".into()]),
-                resource_names: Some(vec![pool.name.clone()]),
-                verbs: verbs(),
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["secrets".into()]),
-                resource_names: Some(vec![turn_pool::secret_name(&pool.name)]),
-                verbs: verbs(),
-                ..PolicyRule::default()
-            },
-        ]),
-    };
-    let binding = RoleBinding {
-        metadata: meta(rc, name.clone(), "data-plane"),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name,
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: rc.name_any(),
-            namespace: rc.namespace(),
-            ..Subject::default()
-        }]),
-    };
-    Some((role, binding))
 }
 
 pub fn config_map(rc: &RealtimeCluster) -> ConfigMap {
@@ -373,17 +334,14 @@ pub fn gateway_pdb(rc: &RealtimeCluster, api_version: &str) -> serde_json::Value
     })
 }
 
-/// In-cluster URLs of the gateway Service.
-pub fn endpoints(rc: &RealtimeCluster) -> (String, String) {
-    let host = format!(
-        "{}.{}.svc",
+/// In-cluster Socket.IO URL of the gateway Service. (No admin URL: nothing serves the
+/// admin API yet.)
+pub fn websocket_url(rc: &RealtimeCluster) -> String {
+    format!(
+        "http://{}.{}.svc:{}/chat",
         gateway_name(&rc.name_any()),
-        rc.namespace().unwrap_or_else(|| "default".into())
-    );
-    let port = rc.spec.gateway.service.port;
-    (
-        format!("http://{host}:{port}/chat"),
-        format!("http://{host}:{port}/v1/admin"),
+        rc.namespace().unwrap_or_else(|| "default".into()),
+        rc.spec.gateway.service.port
     )
 }
 
@@ -391,7 +349,8 @@ pub fn endpoints(rc: &RealtimeCluster) -> (String, String) {
 mod tests {
     use super::*;
 
-    fn cluster() -> RealtimeCluster {
+    /// A cluster in namespace `ns` with every required field and a few optional ones.
+    pub(super) fn cluster() -> RealtimeCluster {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster",
             "metadata": {"name": "chat", "namespace": "ns", "uid": "u-1"},
@@ -422,6 +381,8 @@ mod tests {
             "unset audience is not rendered"
         );
         assert_eq!(data["KAFKA_GROUP_PREFIX"], "realtime-ns-chat");
+        // The CRD's default replication factor (1) reaches the data plane.
+        assert_eq!(data["KAFKA_REPLICATION_FACTOR"], "1");
         let secrets: Vec<&str> = secret_env(&cluster()).into_iter().map(|(v, _)| v).collect();
         assert_eq!(secrets, ["MONGODB_URI", "REDIS_URL", "JWT_SECRET"]);
     }
@@ -478,48 +439,8 @@ mod tests {
         assert_eq!(pdb["apiVersion"], "policy/v1beta1");
         assert_eq!(pdb["spec"]["maxUnavailable"], 1);
         assert_eq!(
-            endpoints(&cluster()).0,
+            websocket_url(&cluster()),
             "http://chat-gateway.ns.svc:443/chat"
         );
-    }
-
-    #[test]
-    fn a_turn_pool_reference_gives_the_gateway_read_access_to_exactly_that_pool() {
-        let plain = cluster();
-        assert!(turn_reader_role(&plain).is_none());
-        assert!(!config_data(&plain).contains_key("TURN_POOL"));
-        let pod = |rc: &RealtimeCluster, role| {
-            deployment(rc, role, "c")
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap()
-                .automount_service_account_token
-        };
-        assert_eq!(pod(&plain, "gateway"), Some(false));
-
-        let mut rc = cluster();
-        rc.spec.turn_pool_ref = Some(crate::crd::LocalRef {
-            name: "edge".into(),
-        });
-        let env = config_data(&rc);
-        assert_eq!(env["TURN_POOL"], "edge");
-        assert_eq!(env["TURN_POOL_NAMESPACE"], "ns");
-        assert_eq!(pod(&rc, "gateway"), Some(true));
-        assert_eq!(pod(&rc, "persister"), Some(false));
-        let (role, binding) = turn_reader_role(&rc).unwrap();
-        let rules = role.rules.unwrap();
-        assert_eq!(
-            rules[0].resource_names.as_deref(),
-            Some(&["edge".to_owned()][..])
-        );
-        assert_eq!(
-            rules[1].resource_names.as_deref(),
-            Some(&["edge-turn-secret".to_owned()][..])
-        );
-        assert!(rules.iter().all(|r| r.verbs == ["get", "list", "watch"]));
-        assert_eq!(binding.subjects.unwrap()[0].name, "chat");
-        assert_eq!(binding.role_ref.name, "chat-turn-reader");
     }
 }

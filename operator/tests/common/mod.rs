@@ -1,9 +1,13 @@
 //! Helpers shared by the tests that need the local kube-apiserver.
 #![allow(dead_code)]
 
-use std::time::Duration;
+pub mod cluster;
+pub mod operator;
+pub mod proxy;
+pub mod token;
+pub mod turn;
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -104,13 +108,97 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
     ns
 }
 
-/// The smallest valid RealtimeCluster, reading Secret `s` (keys mongo, redis, jwt).
+/// Deletes a test's namespace (and so everything in it); a failure is no test's concern.
+pub async fn delete_namespace(client: &Client, ns: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+}
+
+/// Creates or replaces Secret `name` in `ns` with exactly these keys.
+pub async fn secret_keys(client: &Client, ns: &str, name: &str, pairs: &[(&str, &str)]) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// Creates or replaces Secret `s` in `ns` with every key [`minimal_cluster`] reads.
+pub async fn minimal_cluster_secret(client: &Client, ns: &str) {
+    secret_keys(
+        client,
+        ns,
+        "s",
+        &[
+            ("mongo", "mongodb://m"),
+            ("redis", "redis://r"),
+            ("jwt", "j"),
+        ],
+    )
+    .await;
+}
+
+/// Waits until the `A` and the `B` named `name` both exist; returns them.
+pub async fn wait_both<A, B>(a: &Api<A>, b: &Api<B>, name: &str) -> (A, B)
+where
+    A: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    B: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = format!("{} and {} {name}", A::kind(&()), B::kind(&()));
+    eventually(&what, 30, || async {
+        Some((
+            a.get_opt(name).await.unwrap()?,
+            b.get_opt(name).await.unwrap()?,
+        ))
+    })
+    .await
+}
+
+/// Waits until neither the `A` nor the `B` named `name` exists.
+pub async fn wait_both_gone<A, B>(a: &Api<A>, b: &Api<B>, name: &str)
+where
+    A: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    B: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = format!("{} and {} {name} deleted", A::kind(&()), B::kind(&()));
+    eventually(&what, 60, || async {
+        let gone_a = a.get_opt(name).await.unwrap().is_none();
+        let gone_b = b.get_opt(name).await.unwrap().is_none();
+        (gone_a && gone_b).then_some(())
+    })
+    .await;
+}
+
+/// The smallest valid RealtimeCluster, reading Secret `s` (keys mongo, redis, jwt: see
+/// [`minimal_cluster_secret`]), with Kafka topics of its own (clusters sharing topics on
+/// one broker do not both run).
 pub fn minimal_cluster(name: &str) -> realtime_operator::crd::RealtimeCluster {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": name},
         "spec": {
             "image": "realtime:test",
-            "kafka": {"bootstrapServers": "k:9092"},
+            "kafka": {"bootstrapServers": "k:9092", "topics": {
+                "messages": format!("{name}.messages"),
+                "persistenceEvents": format!("{name}.events"),
+                "recordingEvents": format!("{name}.recordings"),
+            }},
             "mongodb": {"uriSecretRef": {"name": "s", "key": "mongo"}},
             "redis": {"urlSecretRef": {"name": "s", "key": "redis"}},
             "auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}},
@@ -123,6 +211,8 @@ pub fn minimal_cluster(name: &str) -> realtime_operator::crd::RealtimeCluster {
 pub struct Env {
     pub client: Client,
     pub ns: String,
+    /// The in-process operator's metrics, with its per-object reconcile counts.
+    pub metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -136,10 +226,11 @@ impl Env {
             controller: "realtime-operator-test".into(),
             instance: None,
         };
+        let metrics = Metrics::default();
         let task = tokio::spawn(realtime_operator::run::run_controllers(
             client.clone(),
             Some(ns.clone()),
-            Metrics::default(),
+            metrics.clone(),
             reporter,
             async move {
                 let _ = stopped.await;
@@ -148,6 +239,7 @@ impl Env {
         Env {
             client,
             ns,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -162,25 +254,61 @@ impl Env {
     }
 
     pub async fn secret(&self, name: &str, key: &str, value: &str) {
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
+        self.secret_keys(name, &[(key, value)]).await;
+    }
+
+    /// Creates or replaces Secret `name` with exactly these keys.
+    pub async fn secret_keys(&self, name: &str, pairs: &[(&str, &str)]) {
+        secret_keys(&self.client, &self.ns, name, pairs).await;
+    }
+
+    /// Creates or replaces Secret `s` with every key [`minimal_cluster`] reads.
+    pub async fn minimal_cluster_secret(&self) {
+        minimal_cluster_secret(&self.client, &self.ns).await;
+    }
+
+    /// Waits until the operator has caught up with the `kind` named `name`: a reconcile
+    /// counted after `before` has finished and worked on the object's latest version.
+    /// Returns that `resourceVersion`.
+    pub async fn caught_up(&self, kind: &'static str, name: &str, before: u64) -> String {
+        let key = format!("{}/{name}", self.ns);
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                crd::GROUP,
+                "v1alpha1",
+                kind,
+            )),
+        );
+        eventually(
+            &format!("the operator to catch up with {kind} {key}"),
+            30,
+            || async {
+                let latest = api.get(name).await.unwrap().resource_version()?;
+                let seen = self.metrics.reconciled(kind, &key);
+                (seen.count > before && seen.resource_version.as_deref() == Some(&latest))
+                    .then_some(latest)
             },
-            data: Some(BTreeMap::from([(
-                key.to_owned(),
-                ByteString(value.as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        };
-        self.api::<Secret>()
-            .patch(
-                name,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .unwrap();
+        )
+        .await
+    }
+
+    /// Reconciles of the `kind` named `name` finished so far.
+    pub fn reconciles(&self, kind: &'static str, name: &str) -> u64 {
+        self.metrics
+            .reconciled(kind, &format!("{}/{name}", self.ns))
+            .count
+    }
+
+    /// Waits until `more` reconciles of the `kind` named `name` have finished after `from`.
+    pub async fn reconciles_after(&self, kind: &'static str, name: &str, from: u64, more: u64) {
+        eventually(
+            &format!("{more} more finished reconciles of {kind} {name}"),
+            30,
+            || async { (self.reconciles(kind, name) >= from + more).then_some(()) },
+        )
+        .await;
     }
 
     pub async fn stop(mut self) {
@@ -190,7 +318,6 @@ impl Env {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+        delete_namespace(&self.client, &self.ns).await;
     }
 }

@@ -5,7 +5,11 @@
 //! `healthCheck.intervalSeconds`: a STUN Binding per transport and a TURN Allocate with a
 //! credential freshly minted from the current secret. Health follows the thresholds;
 //! status lists every server, the counts, the rotation times and `Ready`/`Degraded`.
+//! Children the spec no longer asks for (the coturn Deployment and Service of a pool
+//! switched from managed to external) are deleted; the Secret stays.
 //! No secret material reaches status, Events or logs.
+
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,36 +17,30 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 use realtime_turn::credentials;
-use realtime_turn::health::{Health, Thresholds};
-use realtime_turn::probe::{self, Report};
-use serde_json::json;
+use realtime_turn::health::Thresholds;
+use realtime_turn::probe;
 
-use super::{Context, Error, MANAGER, apply, instrumented, object_key, publish, retry_later};
+use super::children::{Children, announce_pruned, describe};
+use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
-use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
+use crate::crd::{TurnPool, TurnPoolStatus, condition, merge_conditions};
 use crate::metrics::ResultLabel;
 use crate::render::turn_pool as render;
 
-const KIND: &str = "TurnPool";
+pub const KIND: &str = "TurnPool";
 /// The user named in the credentials the operator's probes use.
 pub const PROBE_USER: &str = "realtime-operator-probe";
 const PROBE_CREDENTIAL_TTL: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(pool: Arc<TurnPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    instrumented(
-        &ctx,
-        KIND,
-        &object_key(&*pool),
-        reconcile_inner(&pool, &ctx),
-    )
-    .await
+    instrumented(&ctx, KIND, &*pool, reconcile_inner(&pool, &ctx)).await
 }
 
 pub fn error_policy(pool: Arc<TurnPool>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -123,21 +121,25 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         }
     };
     // Applied every round: a no-op unless the rotation or the managed spec changed it.
-    apply(&secrets, &secret_name, &render::secret(pool, &state)).await?;
+    let mut wanted = Children::of(pool)?;
+    wanted
+        .apply(&secrets, &secret_name, &render::secret(pool, &state))
+        .await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
     if let Some(managed) = &pool.spec.managed {
         let checksum = render::secret_checksum(&state);
-        apply(
-            &Api::<Deployment>::namespaced(client.clone(), &ns),
-            &render::coturn_name(&name),
-            &render::coturn_deployment(pool, managed, &checksum),
-        )
-        .await?;
-        let service = apply(
-            &Api::<Service>::namespaced(client.clone(), &ns),
-            &render::coturn_name(&name),
-            &render::coturn_service(pool, managed),
-        )
-        .await;
+        let coturn = render::coturn_name(&name);
+        wanted
+            .apply(
+                &deployments,
+                &coturn,
+                &render::coturn_deployment(pool, managed, &checksum),
+            )
+            .await?;
+        let service = wanted
+            .apply(&services, &coturn, &render::coturn_service(pool, managed))
+            .await;
         match service {
             Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
                 let hint = if e.message.contains("more than 1 protocol") {
@@ -151,6 +153,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
             other => other?,
         }
     }
+    prune(pool, ctx, &wanted, &deployments, &services).await?;
     let next_rotation = render::next_rotation(pool, &state);
     let until_rotation = next_rotation
         .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
@@ -203,8 +206,9 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
                 result: if report.ok { "healthy" } else { "failed" },
             })
             .inc();
-        let before = previous(&current, server);
-        let after = next_server_status(before, server, report, thresholds(pool), probed_at.clone());
+        let before = status::previous(&current, server);
+        let after =
+            status::next_server_status(before, server, report, thresholds(pool), probed_at.clone());
         if before.is_some_and(|b| b.healthy != after.healthy)
             || (before.is_none() && !after.healthy)
         {
@@ -239,7 +243,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     let status = TurnPoolStatus {
         conditions: merge_conditions(
             &current.conditions,
-            pool_conditions(pool, &statuses, generation),
+            status::pool_conditions(pool, &statuses, generation),
             now(),
         ),
         observed_generation: generation,
@@ -299,126 +303,34 @@ async fn stall(
     Ok(Action::await_change())
 }
 
+/// Deletes the coturn Deployment and Service when the pool no longer asks for them (it
+/// was switched to external servers). The Secret is always wanted: external servers load
+/// it too.
+async fn prune(
+    pool: &TurnPool,
+    ctx: &Context,
+    wanted: &Children,
+    deployments: &Api<Deployment>,
+    services: &Api<Service>,
+) -> Result<(), Error> {
+    announce_pruned(
+        ctx,
+        pool,
+        [
+            describe::<Deployment>(&wanted.prune(deployments).await?),
+            describe::<Service>(&wanted.prune(services).await?),
+        ],
+    )
+    .await;
+    Ok(())
+}
+
 fn probed_at_elapsed(t: &Time) -> Duration {
     Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO)
 }
 
 fn now() -> Time {
     Time(Timestamp::now())
-}
-
-fn previous<'a>(status: &'a TurnPoolStatus, server: &TurnServer) -> Option<&'a ServerStatus> {
-    status
-        .servers
-        .iter()
-        .find(|s| s.host == server.host && s.port == server.port)
-}
-
-/// A server's status after one probe, by the health state machine.
-pub fn next_server_status(
-    before: Option<&ServerStatus>,
-    server: &TurnServer,
-    report: &Report,
-    t: Thresholds,
-    at: Time,
-) -> ServerStatus {
-    let health = Health {
-        healthy: before.is_some_and(|b| b.healthy),
-        consecutive_failures: before
-            .map_or(0, |b| u32::try_from(b.consecutive_failures).unwrap_or(0)),
-        consecutive_successes: before
-            .map_or(0, |b| u32::try_from(b.consecutive_successes).unwrap_or(0)),
-    }
-    .observe(report.ok, t);
-    let rtt = report
-        .rtt
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    ServerStatus {
-        host: server.host.clone(),
-        port: server.port,
-        transports: server.transports.clone(),
-        healthy: health.healthy,
-        last_probe_time: Some(at),
-        // The last good round trip is kept while a server fails, for ordering.
-        rtt_millis: rtt.or(before.and_then(|b| b.rtt_millis)),
-        consecutive_failures: i32::try_from(health.consecutive_failures).unwrap_or(i32::MAX),
-        consecutive_successes: i32::try_from(health.consecutive_successes).unwrap_or(i32::MAX),
-        message: Some(if report.message.is_empty() {
-            if report.ok {
-                "healthy".into()
-            } else {
-                "probe failed".into()
-            }
-        } else {
-            report.message.clone()
-        }),
-    }
-}
-
-/// `Ready` when at least `minHealthyServers` are healthy; `Degraded` while any is not.
-pub fn pool_conditions(
-    pool: &TurnPool,
-    servers: &[ServerStatus],
-    generation: Option<i64>,
-) -> Vec<Condition> {
-    let total = servers.len();
-    let healthy = servers.iter().filter(|s| s.healthy).count();
-    let needed = usize::try_from(pool.spec.min_healthy_servers).unwrap_or(1);
-    let unhealthy: Vec<String> = servers
-        .iter()
-        .filter(|s| !s.healthy)
-        .map(|s| {
-            format!(
-                "{}:{} ({})",
-                s.host,
-                s.port,
-                s.message.as_deref().unwrap_or("not probed")
-            )
-        })
-        .collect();
-    let ready = if healthy >= needed {
-        condition(
-            READY,
-            true,
-            REASON_AVAILABLE,
-            format!("{healthy} of {total} servers healthy"),
-            generation,
-        )
-    } else if healthy == 0 {
-        condition(
-            READY,
-            false,
-            "NoHealthyServers",
-            format!("none of {total} servers is healthy: clients get no ICE servers"),
-            generation,
-        )
-    } else {
-        condition(
-            READY,
-            false,
-            "NotEnoughHealthyServers",
-            format!("{healthy} of {total} servers healthy; {needed} needed"),
-            generation,
-        )
-    };
-    let degraded = if unhealthy.is_empty() {
-        condition(
-            DEGRADED,
-            false,
-            "AllHealthy",
-            format!("all {total} servers healthy"),
-            generation,
-        )
-    } else {
-        condition(
-            DEGRADED,
-            true,
-            "ServersUnhealthy",
-            format!("unhealthy: {}", unhealthy.join("; ")),
-            generation,
-        )
-    };
-    vec![ready, degraded]
 }
 
 async fn patch_status(
@@ -428,113 +340,13 @@ async fn patch_status(
     status: &TurnPoolStatus,
 ) -> Result<(), Error> {
     let api: Api<TurnPool> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": TurnPool::api_version(&()),
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &pool.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    apply_status(&api, &pool.name_any(), status).await
 }
 
 #[cfg(test)]
 mod tests {
+    use super::status::tests::{pool, server};
     use super::*;
-    use crate::crd::{HealthCheck, Transport, TurnPoolSpec};
-
-    fn pool(min: i32) -> TurnPool {
-        TurnPool::new(
-            "p",
-            TurnPoolSpec {
-                servers: Some(vec![]),
-                managed: None,
-                credential_ttl_seconds: 600,
-                rotation: None,
-                health_check: HealthCheck::default(),
-                min_healthy_servers: min,
-            },
-        )
-    }
-
-    fn server(port: i32) -> TurnServer {
-        TurnServer {
-            host: "127.0.0.1".into(),
-            port,
-            transports: vec![Transport::Udp],
-        }
-    }
-
-    fn report(ok: bool) -> Report {
-        Report {
-            ok,
-            rtt: ok.then(|| Duration::from_millis(7)),
-            message: if ok {
-                "binding and allocate succeeded".into()
-            } else {
-                "udp binding: refused".into()
-            },
-        }
-    }
-
-    #[test]
-    fn server_status_follows_the_thresholds_and_keeps_the_last_rtt() {
-        let t = Thresholds {
-            failure: 2,
-            success: 1,
-        };
-        let s = server(1);
-        let up = next_server_status(None, &s, &report(true), t, now());
-        assert!(up.healthy);
-        assert_eq!(up.rtt_millis, Some(7));
-        let once = next_server_status(Some(&up), &s, &report(false), t, now());
-        assert!(once.healthy, "one failure is below the threshold");
-        assert_eq!(once.consecutive_failures, 1);
-        assert_eq!(once.rtt_millis, Some(7));
-        let twice = next_server_status(Some(&once), &s, &report(false), t, now());
-        assert!(!twice.healthy);
-        assert_eq!(twice.message.as_deref(), Some("udp binding: refused"));
-        let back = next_server_status(Some(&twice), &s, &report(true), t, now());
-        assert!(back.healthy);
-        assert_eq!(back.consecutive_failures, 0);
-    }
-
-    #[test]
-    fn conditions_say_ready_or_degraded() {
-        let t = Thresholds {
-            failure: 1,
-            success: 1,
-        };
-        let ok = next_server_status(None, &server(1), &report(true), t, now());
-        let bad = next_server_status(None, &server(2), &report(false), t, now());
-        let c = pool_conditions(&pool(1), &[ok.clone(), bad.clone()], Some(3));
-        assert_eq!(
-            (c[0].type_.as_str(), c[0].status.as_str()),
-            ("Ready", "True")
-        );
-        assert_eq!(
-            (c[1].type_.as_str(), c[1].status.as_str()),
-            ("Degraded", "True")
-        );
-        assert!(c[1].message.contains("127.0.0.1:2"));
-        assert_eq!(c[0].observed_generation, Some(3));
-        let c = pool_conditions(&pool(2), &[ok.clone(), bad.clone()], None);
-        assert_eq!(
-            (c[0].status.as_str(), c[0].reason.as_str()),
-            ("False", "NotEnoughHealthyServers")
-        );
-        let c = pool_conditions(&pool(1), &[bad], None);
-        assert_eq!(c[0].reason, "NoHealthyServers");
-        let c = pool_conditions(&pool(1), &[ok], None);
-        assert_eq!(
-            (c[1].status.as_str(), c[1].reason.as_str()),
-            ("False", "AllHealthy")
-        );
-    }
 
     #[test]
     fn invalid_specs_are_named() {

@@ -1,0 +1,163 @@
+//! Writing a RealtimeCluster's children: server-side apply of everything the spec asks
+//! for, deletion of what it no longer asks for, and stopping the data plane of a cluster
+//! that may not run.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::json;
+
+use super::Error;
+use crate::controller::children::{Children, announce_pruned, describe};
+use crate::controller::{Context, MANAGER, apply};
+use crate::crd::RealtimeCluster;
+use crate::render;
+
+/// Applies every child the spec asks for and returns the set applied.
+pub async fn children(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    checksum: &str,
+) -> Result<Children, Error> {
+    let client = &ctx.client;
+    let name = rc.name_any();
+    let mut wanted = Children::of(rc)?;
+    wanted
+        .apply(
+            &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+            &name,
+            &render::service_account(rc),
+        )
+        .await?;
+    wanted
+        .apply(
+            &Api::<ConfigMap>::namespaced(client.clone(), ns),
+            &render::config_name(&name),
+            &render::config_map(rc),
+        )
+        .await?;
+    if let Some((role, binding)) = render::turn_reader_role(rc) {
+        let role_name = render::turn_reader_name(&name);
+        wanted
+            .apply(
+                &Api::<Role>::namespaced(client.clone(), ns),
+                &role_name,
+                &role,
+            )
+            .await?;
+        wanted
+            .apply(
+                &Api::<RoleBinding>::namespaced(client.clone(), ns),
+                &role_name,
+                &binding,
+            )
+            .await?;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for (dep_name, role) in [
+        (render::gateway_name(&name), "gateway"),
+        (render::persister_name(&name), "persister"),
+    ] {
+        wanted
+            .apply(
+                &deployments,
+                &dep_name,
+                &render::deployment(rc, role, checksum),
+            )
+            .await?;
+    }
+    let gateway = render::gateway_name(&name);
+    wanted
+        .apply(
+            &Api::<Service>::namespaced(client.clone(), ns),
+            &gateway,
+            &render::gateway_service(rc),
+        )
+        .await?;
+    let (group, version) = ctx
+        .pdb_api_version
+        .split_once('/')
+        .unwrap_or(("policy", "v1"));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        group,
+        version,
+        "PodDisruptionBudget",
+    ));
+    let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let pdb: DynamicObject = serde_json::from_value(render::gateway_pdb(rc, &ctx.pdb_api_version))?;
+    apply(&pdbs, &gateway, &pdb).await?;
+    Ok(wanted)
+}
+
+/// Deletes the owned children the spec no longer asks for. Only the data plane's TURN
+/// reader Role and RoleBinding depend on the spec (`spec.turnPoolRef`); every other
+/// child always exists while the cluster does.
+pub async fn prune(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    wanted: &Children,
+) -> Result<(), Error> {
+    let roles = wanted
+        .prune(&Api::<Role>::namespaced(ctx.client.clone(), ns))
+        .await?;
+    let bindings = wanted
+        .prune(&Api::<RoleBinding>::namespaced(ctx.client.clone(), ns))
+        .await?;
+    announce_pruned(
+        ctx,
+        rc,
+        [describe::<Role>(&roles), describe::<RoleBinding>(&bindings)],
+    )
+    .await;
+    Ok(())
+}
+
+/// Scales the cluster's existing data-plane Deployments to 0 (nothing else is applied
+/// while it may not run). A merge patch, not an apply: an apply with only `replicas`
+/// would drop every other field the operator manages. The next apply takes `replicas`
+/// back.
+pub async fn stop_data_plane(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = rc.name_any();
+    for dep_name in [render::gateway_name(&name), render::persister_name(&name)] {
+        let Some(d) = deployments.get_opt(&dep_name).await? else {
+            continue;
+        };
+        let owned = d
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == rc.metadata.uid.as_ref());
+        if !owned || d.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+            continue;
+        }
+        deployments
+            .patch(
+                &dep_name,
+                &PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The cluster's gateway and persister Deployments, as they are now.
+pub async fn deployments(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(Option<Deployment>, Option<Deployment>), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = rc.name_any();
+    Ok((
+        api.get_opt(&render::gateway_name(&name)).await?,
+        api.get_opt(&render::persister_name(&name)).await?,
+    ))
+}

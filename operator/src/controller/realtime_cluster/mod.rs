@@ -1,0 +1,219 @@
+//! RealtimeCluster reconciler: validate → topic conflicts → dereference → apply → prune
+//! → status.
+//!
+//! Children are server-side applied with one field manager and owned by the cluster, so
+//! deleting the cluster garbage-collects them; children the spec no longer asks for are
+//! deleted at once ([`apply::prune`]). A checksum of the rendered configuration and of the
+//! referenced Secrets' values sits in the pod templates: changing either rolls the pods.
+//! `Ready` waits for every rollout to complete ([`decide::rollout`]). A cluster that
+//! shares Kafka topics with an older one on the same broker does not run
+//! ([`conflict`]). Nothing secret is logged, put in status or in an Event.
+
+mod apply;
+pub mod conflict;
+pub mod decide;
+mod references;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
+use crate::crd::condition::*;
+use crate::crd::{
+    ComponentStatus, Endpoints, RealtimeCluster, RealtimeClusterStatus, merge_conditions,
+};
+use crate::render;
+use references::References;
+
+pub const KIND: &str = "RealtimeCluster";
+/// Periodic re-check even when nothing changes (children's readiness comes by watch).
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(rc: Arc<RealtimeCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    instrumented(&ctx, KIND, &*rc, reconcile_inner(&rc, &ctx)).await
+}
+
+pub fn error_policy(rc: Arc<RealtimeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    retry_later(&ctx, KIND, &object_key(&*rc), error)
+}
+
+async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = rc
+        .namespace()
+        .ok_or_else(|| Error::Invalid("RealtimeCluster must be namespaced".into()))?;
+    let generation = rc.metadata.generation;
+
+    if let Some((reason, message)) = decide::unsupported(rc) {
+        // Only a spec change helps; the cluster's own watch brings that.
+        stall(rc, ctx, &ns, reason, message, None).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Every cluster the operator sees, for the topic-conflict check. The cache fills
+    // before the first reconcile; it is only gone when the controller stops.
+    if ctx.clusters.wait_until_ready().await.is_err() {
+        return Ok(Action::await_change());
+    }
+    if let Some(lost) = conflict::find(rc, &ctx.clusters.state()) {
+        apply::stop_data_plane(rc, ctx, &ns).await?;
+        let (gateway, persister) = apply::deployments(rc, ctx, &ns).await?;
+        let stopped = |d: Option<&Deployment>| decide::rollout(0, d).0;
+        let components = (stopped(gateway.as_ref()), stopped(persister.as_ref()));
+        let message = lost.message();
+        stall(
+            rc,
+            ctx,
+            &ns,
+            REASON_TOPIC_CONFLICT,
+            message,
+            Some(components),
+        )
+        .await?;
+        // Changes of other clusters bring this one back (see `run`).
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let checksum = match references::resolve(rc, ctx, &ns).await? {
+        References::Missing(message) => {
+            stall(rc, ctx, &ns, REASON_MISSING_REFERENCE, message, None).await?;
+            // The Secret and TurnPool watches bring us back as soon as it appears.
+            return Ok(Action::requeue(RESYNC));
+        }
+        References::Resolved { checksum } => checksum,
+    };
+    let wanted = apply::children(rc, ctx, &ns, &checksum).await?;
+    apply::prune(rc, ctx, &ns, &wanted).await?;
+
+    let (gateway, persister) = apply::deployments(rc, ctx, &ns).await?;
+    let (gateway, gateway_waits) = decide::rollout(rc.spec.gateway.replicas, gateway.as_ref());
+    let (persister, persister_waits) =
+        decide::rollout(rc.spec.persister.replicas, persister.as_ref());
+    let conditions = decide::applied(
+        (&gateway, gateway_waits.as_deref()),
+        (&persister, persister_waits.as_deref()),
+        generation,
+    );
+    let replaced = update_status(rc, ctx, &ns, |current| RealtimeClusterStatus {
+        conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
+        observed_generation: generation,
+        endpoints: Some(Endpoints {
+            websocket_url: render::websocket_url(rc),
+            admin_url: None,
+        }),
+        gateway: Some(gateway.clone()),
+        persister: Some(persister.clone()),
+        config_checksum: Some(checksum.clone()),
+    })
+    .await?;
+    let Some(previous) = replaced else {
+        return Ok(Action::requeue(RESYNC));
+    };
+    if is_true(&previous.conditions, STALLED) {
+        publish(
+            ctx,
+            rc,
+            EventType::Normal,
+            "Recovered",
+            "Reconcile",
+            "nothing blocks the cluster any more; children applied".into(),
+        )
+        .await;
+    }
+    if previous
+        .config_checksum
+        .as_deref()
+        .is_some_and(|old| old != checksum)
+    {
+        publish(
+            ctx,
+            rc,
+            EventType::Normal,
+            "ConfigChanged",
+            "RollPods",
+            "configuration or a referenced Secret changed; rolling the pods".into(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Reports that the cluster cannot go on: `Stalled` with `reason`, not `Ready`, and one
+/// Warning Event each time the reason or message changes. `components` replaces the
+/// replica counts in status when the data plane was changed (stopped).
+async fn stall(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    reason: &str,
+    message: String,
+    components: Option<(ComponentStatus, ComponentStatus)>,
+) -> Result<(), Error> {
+    let generation = rc.metadata.generation;
+    let conditions = decide::stalled(reason, &message, generation);
+    let replaced = update_status(rc, ctx, ns, |current| {
+        let (gateway, persister) = match &components {
+            Some((g, p)) => (Some(g.clone()), Some(p.clone())),
+            None => (current.gateway.clone(), current.persister.clone()),
+        };
+        RealtimeClusterStatus {
+            conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
+            observed_generation: generation,
+            gateway,
+            persister,
+            ..current.clone()
+        }
+    })
+    .await?;
+    let announced = |status: &RealtimeClusterStatus| {
+        status.conditions.iter().any(|c| {
+            c.type_ == STALLED && c.status == "True" && c.reason == reason && c.message == message
+        })
+    };
+    if replaced.is_some_and(|previous| !announced(&previous)) {
+        publish(ctx, rc, EventType::Warning, reason, "Reconcile", message).await;
+    }
+    Ok(())
+}
+
+fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Writes the status that `build` makes of the current one, by server-side apply, and
+/// only when it differs: a reconcile that changes nothing writes nothing. The cached
+/// cluster can lag behind the operator's own last write (its watch event not in yet), so
+/// a difference is confirmed against the live object before writing — else a stale
+/// cache would rewrite a condition's `lastTransitionTime`. Returns the status replaced,
+/// or `None` when nothing was written.
+async fn update_status(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    build: impl Fn(&RealtimeClusterStatus) -> RealtimeClusterStatus,
+) -> Result<Option<RealtimeClusterStatus>, Error> {
+    let cached = rc.status.clone().unwrap_or_default();
+    if build(&cached) == cached {
+        return Ok(None);
+    }
+    let api: Api<RealtimeCluster> = Api::namespaced(ctx.client.clone(), ns);
+    let live = api.get(&rc.name_any()).await?.status.unwrap_or_default();
+    let status = build(&live);
+    if status == live {
+        return Ok(None);
+    }
+    apply_status(&api, &rc.name_any(), &status).await?;
+    Ok(Some(live))
+}
