@@ -277,9 +277,11 @@ test("a write the database cannot confirm at the write concern is not confirmed 
   await storedOnce("concern", r.messageId);
 });
 
-test("a message the database refuses for good is dead-lettered and does not hold up the others (item 16)", async () => {
+test("a message the database refuses for good is dead-lettered and does not hold up the others (item 16)", async (t) => {
   const env = own("poison");
-  const db = (await h.mongo(`${s.db}_poison`)).db;
+  const poisonStore = await h.mongo(`${s.db}_poison`);
+  t.after(() => poisonStore.client.close());
+  const db = poisonStore.db;
   await db.createCollection("messages", { validator: { "content.text": { $not: { $regex: "^poison" } } } });
   await h.seedConversation(db, tenant, "poison", ["alice", "bob"]);
   const gw = await h.startRealtime({ role: "gateway", ...env, db: `${s.db}_poison`, env: fast });
@@ -313,11 +315,13 @@ test("a socket that closes during room:join leaves no ghost in presence (item 16
   assert.equal(await h.redisCommand(env.redisDb, "EXISTS", `rt:${tenant}:room:join:members`), ":0", "no ever-growing members hash");
 });
 
-test("two installations sharing topics on one broker do not store each other's messages (item 3)", async () => {
+test("two installations sharing topics on one broker do not store each other's messages (item 3)", async (t) => {
   const env = own("shared");
   const dbA = `${s.db}_a`;
   const dbB = `${s.db}_b`;
-  const a = (await h.mongo(dbA)).db;
+  const [storeA, storeB] = await Promise.all([h.mongo(dbA), h.mongo(dbB)]);
+  t.after(() => Promise.all([storeA.client.close(), storeB.client.close()]));
+  const a = storeA.db;
   await h.seedConversation(a, tenant, "shared", ["alice", "bob"]);
   const gwA = await h.startRealtime({ role: "gateway", ...env, db: dbA, groupPrefix: "install-a", env: fast });
   await h.startRealtime({ role: "persister", ...env, db: dbA, groupPrefix: "install-a" });
@@ -327,7 +331,7 @@ test("two installations sharing topics on one broker do not store each other's m
   assert.equal(r.ok, true);
   await h.nextEvent(alice, "message:persisted", { timeoutMs: 30_000, pred: (p) => p.messageId === r.messageId });
   await h.waitFor(async () => (await h.metric(persisterB, "realtime_foreign_records_total")) >= 1, { what: "installation B skipping A's record" });
-  assert.equal(await (await h.mongo(dbB)).db.collection("messages").countDocuments({}), 0, "B stored nothing of A's");
+  assert.equal(await storeB.db.collection("messages").countDocuments({}), 0, "B stored nothing of A's");
 });
 
 test("SIGTERM with the broker stalled exits within the grace period (item 16)", async () => {
