@@ -106,8 +106,8 @@ NODE_IP=${KUBE_NODE_IP:-10.244.0.1}
 
 certs() {
   local pki=$KUBE_HOME/pki
-  # Version 2 of this layout adds the node's address and token.
-  [ -f "$pki/sa.key" ] && [ "$(cat "$pki/layout" 2>/dev/null)" = 2 ] && return
+  # Layout 3: the node's address and token, the API server's client certificate for kubelets.
+  [ -f "$pki/sa.key" ] && [ "$(cat "$pki/layout" 2>/dev/null)" = 3 ] && return
   if pid_alive apiserver; then
     log "the running control plane has certificates of an older layout: scripts/kube.sh down, then up"
     return
@@ -120,6 +120,11 @@ certs() {
   printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:%s,DNS:localhost,DNS:kubernetes.default.svc\n' "$NODE_IP" >"$pki/san.ext"
   openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 3650 -extfile "$pki/san.ext" -out "$pki/server.crt" 2>/dev/null
+  # The API server's identity towards kubelets (logs, exec, port-forward).
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/kubelet-client.key" -out "$pki/kubelet-client.csr" 2>/dev/null
+  openssl x509 -req -in "$pki/kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -out "$pki/kubelet-client.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   local admin kcm node
@@ -131,7 +136,7 @@ certs() {
     printf '%s,system:node:realtime-node,node,"system:nodes,system:masters"\n' "$node"
   } >"$pki/tokens.csv"
   echo "$admin" >"$pki/admin.token"; echo "$kcm" >"$pki/kcm.token"
-  echo 2 >"$pki/layout"
+  echo 3 >"$pki/layout"
 }
 
 kubeconfig() {
@@ -177,11 +182,16 @@ up() {
     --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT"
   apiserver 127.0.0.1 127.0.0.1 none
   wait_ready
+  controller_manager
+  log "ready; KUBECONFIG=$KUBE_HOME/admin.kubeconfig"
+}
+
+controller_manager() {
+  local pki=$KUBE_HOME/pki
   start controller-manager "$BIN/kube-controller-manager" --kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
     --authentication-kubeconfig="$KUBE_HOME/kcm.kubeconfig" --authorization-kubeconfig="$KUBE_HOME/kcm.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --controllers='*' --use-service-account-credentials=false \
     --leader-elect=false --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt"
-  log "ready; KUBECONFIG=$KUBE_HOME/admin.kubeconfig"
 }
 
 # Starts the API server bound to BIND, advertising ADVERTISE (the `kubernetes` Service's
@@ -195,20 +205,22 @@ apiserver() {
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.96.0.0/16 \
     --endpoint-reconciler-type="$reconciler" --allow-privileged=true \
-    --kubelet-preferred-address-types=InternalIP
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key"
 }
 
 # For a node (scripts/node.sh): the API server listens beyond loopback (node.sh's firewall
 # admits only loopback and the pod bridge) and advertises the bridge address, so pods
 # reach it through the `kubernetes` Service.
 serve_node() {
-  if pid_alive apiserver \
-    && tr '\0' ' ' <"/proc/$(cat "$RUN_DIR/apiserver.pid")/cmdline" | grep -q -- "--advertise-address=$NODE_IP"; then
-    return
+  if ! pid_alive apiserver \
+    || ! tr '\0' ' ' <"/proc/$(cat "$RUN_DIR/apiserver.pid")/cmdline" | grep -q -- "--advertise-address=$NODE_IP"; then
+    stop_one apiserver
+    apiserver 0.0.0.0 "$NODE_IP" lease
+    wait_ready
   fi
-  stop_one apiserver
-  apiserver 0.0.0.0 "$NODE_IP" lease
-  wait_ready
+  # The controller-manager gives up when the API server is away at its start.
+  controller_manager
 }
 
 stop_one() {

@@ -111,10 +111,12 @@ network_up() {
   # The API server and the kubelet listen beyond loopback for the pods: only the pod
   # bridge and loopback may reach them.
   iptables -N RT-NODE-INPUT 2>/dev/null || iptables -F RT-NODE-INPUT
+  iptables -A RT-NODE-INPUT -i lo -j RETURN
+  iptables -A RT-NODE-INPUT -i "$BRIDGE" -j RETURN
   for port in "$API_PORT" 10250 53; do
-    iptables -A RT-NODE-INPUT -p tcp --dport "$port" ! -i lo ! -i "$BRIDGE" -j DROP
+    iptables -A RT-NODE-INPUT -p tcp --dport "$port" -j DROP
   done
-  iptables -A RT-NODE-INPUT -p udp --dport 53 ! -i lo ! -i "$BRIDGE" -j DROP
+  iptables -A RT-NODE-INPUT -p udp --dport 53 -j DROP
   iptables -C INPUT -j RT-NODE-INPUT 2>/dev/null || iptables -I INPUT 1 -j RT-NODE-INPUT
 }
 
