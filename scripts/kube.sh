@@ -205,6 +205,7 @@ apiserver() {
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" --service-cluster-ip-range=10.96.0.0/16 \
     --endpoint-reconciler-type="$reconciler" --allow-privileged=true \
+    --enable-admission-plugins=PodNodeSelector \
     --kubelet-preferred-address-types=InternalIP \
     --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key"
 }

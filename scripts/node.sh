@@ -108,7 +108,7 @@ network_up() {
   iptables -N RT-NODE-FORWARD 2>/dev/null || iptables -F RT-NODE-FORWARD
   iptables -A RT-NODE-FORWARD -s "$POD_CIDR" ! -d "$POD_CIDR" -j DROP
   iptables -C FORWARD -j RT-NODE-FORWARD 2>/dev/null || iptables -I FORWARD 1 -j RT-NODE-FORWARD
-  # The API server and the kubelet listen beyond loopback for the pods: only the pod
+  # The API server, the kubelet and DNS listen beyond loopback for the pods: only the pod
   # bridge and loopback may reach them.
   iptables -N RT-NODE-INPUT 2>/dev/null || iptables -F RT-NODE-INPUT
   iptables -A RT-NODE-INPUT -i lo -j RETURN
@@ -117,6 +117,9 @@ network_up() {
     iptables -A RT-NODE-INPUT -p tcp --dport "$port" -j DROP
   done
   iptables -A RT-NODE-INPUT -p udp --dport 53 -j DROP
+  # Host-network pods (a managed TurnPool's coturn) listen on the node address: it is
+  # only reachable from this machine and the pods.
+  iptables -A RT-NODE-INPUT -d "$NODE_IP" -j DROP
   iptables -C INPUT -j RT-NODE-INPUT 2>/dev/null || iptables -I INPUT 1 -j RT-NODE-INPUT
 }
 
@@ -310,6 +313,10 @@ down() {
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf /var/log/pods /var/log/containers /var/lib/cni/networks/realtime-pods
+  # The kubelet's cgroups (emptied above), deepest first.
+  find /sys/fs/cgroup -depth -type d -name 'kubepods*' 2>/dev/null | while read -r d; do
+    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
   network_down
   restore_sysctls
   rm -rf "$NODE/kubelet/root" "$NODE/containerd/state"

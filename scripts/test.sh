@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: Rust unit and integration tests (the operator's against a
 # real kube-apiserver), then the end-to-end tests that drive real `realtime` processes
-# with the official socket.io-client. Starts the local stack and the local control plane
-# (installing and building them on first use); stops what this script started.
+# with the official socket.io-client, then the product itself on a local node that runs
+# pods (images, helm install, kubectl apply -f examples/, chat and TURN from the host).
+# Starts the local stack, the local control plane and the node (installing and building
+# them on first use); stops what this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,9 @@ if ! scripts/kube.sh status >/dev/null 2>&1; then
   scripts/kube.sh up
   started_kube=1
 fi
+started_node=0
 cleanup() {
+  if [ "$started_node" = 1 ]; then scripts/node.sh down; fi
   if [ "$started_stack" = 1 ]; then scripts/stack.sh down; fi
   if [ "$started_kube" = 1 ]; then scripts/kube.sh down; fi
 }
@@ -32,3 +36,10 @@ echo "== cargo test"
 cargo test --workspace
 echo "== e2e (node $(node --version), socket.io-client)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
+echo "== the product on a node that runs pods"
+if ! scripts/node.sh status >/dev/null 2>&1; then
+  started_node=1
+  scripts/node.sh up
+fi
+scripts/images.sh load
+(cd e2e && npm run test:cluster)

@@ -94,7 +94,15 @@ test("the stored document has the contract's shape", async () => {
 
 test("health, readiness and metrics endpoints answer", async () => {
   assert.equal(await (await fetch(`${rt.url}/healthz`)).text(), "ok");
-  assert.deepEqual(await (await fetch(`${rt.url}/readyz`)).json(), { redis: true, mongodb: true, kafka: true, producer: true });
+  // Role all: ready once the gateways' confirmation group and the persisters' group have
+  // both taken this process in.
+  assert.deepEqual(await (await fetch(`${rt.url}/readyz`)).json(), {
+    redis: true,
+    mongodb: true,
+    kafka: true,
+    producer: true,
+    consumerGroups: { [`${s.topicPrefix}-gateway-confirmations`]: true, [`${s.topicPrefix}-persister`]: true },
+  });
   const metrics = await (await fetch(`${rt.url}/metrics`)).text();
   assert.match(metrics, /realtime_messages_accepted_total [1-9]/);
   assert.match(metrics, /realtime_delivery_confirmations_total [1-9]/);

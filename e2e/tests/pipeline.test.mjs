@@ -12,7 +12,7 @@ let gwA, gwB, persister, store;
 
 before(async () => {
   store = await h.mongo(s.db);
-  for (const c of ["general", "crash-persister", "crash-gateway", "retry", "fail"]) {
+  for (const c of ["general", "crash-persister", "handover", "crash-gateway", "retry", "fail"]) {
     await h.seedConversation(store.db, tenant, c, ["alice", "bob"]);
   }
   const gatewayEnv = { ...fast, PERSISTENCE_CONFIRMATION_TIMEOUT_MS: "8000" };
@@ -103,6 +103,30 @@ test("killing the persister mid-stream and restarting it loses and duplicates no
   }
   await assertStoredExactly("crash-persister", ids);
   await assertConfirmedOnce(alice, ids, "crash-persister");
+});
+
+test("a rolling replacement (new persister and gateway ready first, old ones SIGTERMed) hands the consumer groups over", async () => {
+  // As a Deployment rolls: the new process is started, counts as ready only once its
+  // consumer groups have taken it in (/readyz), then the old one gets SIGTERM. The old one
+  // leaves its groups only after the rebalance it is part of has finished — leaving in
+  // the middle wedged the group for good on the tansu broker (its departed leader kept).
+  const gwC = await h.startRealtime({ role: "gateway", ...s, env: gwA.env });
+  const next = await h.startRealtime({ role: "persister", ...s });
+  const ready = await (await fetch(`${next.url}/readyz`)).json();
+  assert.deepEqual(Object.values(ready.consumerGroups), [true], JSON.stringify(ready));
+  await h.stop(persister, "SIGTERM");
+  persister = next;
+  const alice = await joined(gwC, "alice", "handover");
+  const ids = [];
+  for (let i = 0; i < 20; i++) {
+    const r = await alice.emitWithAck("message:send", { conversationId: "handover", clientMessageId: `h${i}`, content: h.text(`m${i}`) });
+    assert.equal(r.ok, true, JSON.stringify(r));
+    ids.push(r.messageId);
+    if (i === 5) await h.stop(gwB, "SIGTERM");
+  }
+  await assertStoredExactly("handover", ids);
+  await assertConfirmedOnce(alice, ids, "handover");
+  gwB = gwC;
 });
 
 test("a gateway restart does not lose pending confirmations", async () => {

@@ -1,7 +1,9 @@
 //! The RealtimeCluster controller, running in-process against the local kube-apiserver
-//! and controller-manager (`scripts/kube.sh`). There is no kubelet, so the tests mark pods
-//! Ready as a kubelet would; the controller-manager's ReplicaSet and Deployment
-//! controllers then report replicas and rollouts.
+//! and controller-manager (`scripts/kube.sh`). No kubelet runs these pods (without a node,
+//! or with `scripts/node.sh`'s node, which the test namespace's node selector keeps them
+//! off), so the tests mark pods Ready as a kubelet would; the controller-manager's
+//! ReplicaSet and Deployment controllers then report replicas and rollouts. Pods that
+//! really run: `e2e/cluster/product.test.mjs`.
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -75,10 +77,15 @@ async fn checksum(api: &Api<Deployment>, name: &str) -> String {
 #[tokio::test]
 async fn cluster_children_status_rollout_and_garbage_collection() {
     let env = Env::start("rtc-lifecycle").await;
-    // examples/realtime-cluster.yaml exactly as a platform team would apply it.
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/realtime-cluster.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    // examples/realtime-cluster.yaml and the TurnPool it references exactly as a platform
+    // team would apply them.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let path = examples.join("realtime-cluster.yaml");
+    let text = [path.clone(), examples.join("turn-pool.yaml")]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
     let mut rc = None;
     for doc in serde_norway::Deserializer::from_str(&text) {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
@@ -92,6 +99,13 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
             }
             Some("RealtimeCluster") => {
                 rc = Some(serde_json::from_value::<RealtimeCluster>(value).unwrap())
+            }
+            Some("TurnPool") => {
+                let pool: TurnPool = serde_json::from_value(value).unwrap();
+                env.api::<TurnPool>()
+                    .create(&PostParams::default(), &pool)
+                    .await
+                    .unwrap();
             }
             other => panic!("unexpected kind {other:?} in {}", path.display()),
         }
@@ -309,8 +323,9 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
         .await
         .unwrap();
     eventually("children garbage-collected", 60, || async {
+        // (The TurnPool's coturn Deployment is the pool's, not the cluster's.)
         let left = deployments
-            .list(&Default::default())
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=chat"))
             .await
             .unwrap()
             .items

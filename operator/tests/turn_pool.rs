@@ -1,7 +1,10 @@
 //! The TurnPool controller against the local kube-apiserver: secret ownership and
 //! rotation with overlap, the managed coturn children, status with conditions, and the
 //! deletion of coturn when a pool switches to external servers. (Failover through the
-//! data plane's ICE list is in `turn_failover.rs`.)
+//! data plane's ICE list is in `turn_failover.rs`.) No node runs pods here (the test
+//! namespace keeps them off any node): the one coturn pod address the per-pod probing
+//! needs is written into a pod's status as a kubelet would; real coturn pods are probed
+//! in `e2e/cluster/product.test.mjs`.
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,8 +14,9 @@ use common::cluster::wait_event;
 use common::turn::{apply_pool, condition, everything_written, rotate, secret_pair, text};
 use common::{Env, eventually, wait_both, wait_both_gone};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::ResourceExt;
+use kube::api::{Patch, PatchParams, PostParams};
 use realtime_operator::controller::turn_pool::KIND;
 use realtime_operator::crd::TurnPool;
 use realtime_operator::render::CHECKSUM_ANNOTATION;
@@ -102,12 +106,13 @@ async fn a_managed_pool_renders_coturn_rotates_with_overlap_and_reports_status()
         .collect();
     assert_eq!(ports, ["UDP", "TCP"]);
 
-    // No kubelet runs the pods here: the probe of the Service finds nothing, and the
-    // status says so, with conditions for this generation.
+    // No kubelet runs the pods here (the test namespace keeps pods off any node): no
+    // coturn pod has an address, and the status says so, with conditions for this
+    // generation.
     let pool = eventually("status with conditions", 30, || async {
         let p = env.api::<TurnPool>().get("calls").await.unwrap();
         let s = p.status.as_ref()?;
-        (s.observed_generation == p.metadata.generation && !s.servers.is_empty()).then_some(p)
+        (s.observed_generation == p.metadata.generation && !s.conditions.is_empty()).then_some(p)
     })
     .await;
     assert_eq!(
@@ -115,6 +120,38 @@ async fn a_managed_pool_renders_coturn_rotates_with_overlap_and_reports_status()
         None,
         "the stall cleared with the fix"
     );
+    assert_eq!(
+        condition(&pool, "Ready"),
+        Some(("False".into(), "NoServers".into()))
+    );
+    // A coturn pod gets an address (its status written here as a kubelet would): it is
+    // probed at that address — nothing answers there, so it is unhealthy.
+    let pods = env.api::<Pod>();
+    let labels = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "calls-coturn-test", "labels": labels},
+        "spec": {"containers": [{"name": "coturn", "image": "coturn"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "calls-coturn-test",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.2"}})),
+    )
+    .await
+    .unwrap();
+    let pool = eventually("the pod probed at its address", 30, || async {
+        let p = env.api::<TurnPool>().get("calls").await.unwrap();
+        (p.status.as_ref()?.servers.first()?.host == "127.0.0.2").then_some(p)
+    })
+    .await;
     let status = pool.status.as_ref().unwrap();
     assert_eq!(
         condition(&pool, "Ready"),
@@ -122,10 +159,7 @@ async fn a_managed_pool_renders_coturn_rotates_with_overlap_and_reports_status()
     );
     assert_eq!(condition(&pool, "Degraded").unwrap().0, "True");
     assert_eq!((status.healthy_servers, status.total_servers), (0, 1));
-    assert_eq!(
-        status.servers[0].host,
-        format!("calls-coturn.{}.svc", env.ns)
-    );
+    assert_eq!(status.servers[0].port, 3478);
     assert!(status.servers[0].last_probe_time.is_some());
     let last = status.last_rotation_time.clone().unwrap().0;
     let next = status.next_rotation_time.clone().unwrap().0;

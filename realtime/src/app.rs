@@ -71,11 +71,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // The consumer groups this process joins, registered before `/readyz` answers.
+    let membership = kafka::Membership::default();
+    if cfg.role.runs_gateway() {
+        membership.flag(&cfg.kafka.group(gateway::CONFIRMATIONS_GROUP));
+    }
+    if cfg.role.runs_persister() {
+        membership.flag(&cfg.kafka.group(crate::persister::GROUP));
+    }
     let mut app = http::router(Probes {
         redis: redis.clone(),
         store: store.clone(),
         producer: producer.clone(),
         metrics: metrics.clone(),
+        membership: membership.clone(),
     });
 
     let mut io_handle = None;
@@ -178,6 +187,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(gateway::run_confirmations(
             gw.clone(),
             io.clone(),
+            membership.clone(),
             cancel.clone(),
         ));
         tasks.spawn({
@@ -197,6 +207,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             redis: redis.clone(),
             producer: producer.clone(),
             metrics: metrics.clone(),
+            membership: membership.clone(),
         };
         tasks.spawn(persister.run(cancel.clone()));
     }

@@ -174,6 +174,11 @@ pub struct KafkaConfig {
         default_value_t = 10_000
     )]
     pub message_timeout_ms: u32,
+
+    /// librdkafka debug contexts (e.g. `cgrp,fetch`), logged under the `rdkafka` target
+    /// (`RUST_LOG=info,rdkafka=debug`); empty for none.
+    #[arg(long = "kafka-debug", env = "KAFKA_DEBUG", default_value = "")]
+    pub debug: String,
 }
 
 #[derive(Debug, Clone, Args)]

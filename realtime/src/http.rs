@@ -1,6 +1,7 @@
 //! HTTP endpoints next to Socket.IO: `/healthz` (the process can work: fails while the
 //! idempotent producer is in a fatal state, until it is replaced), `/readyz` (that, and
-//! Redis, the broker and MongoDB answer) and `/metrics` (Prometheus text format).
+//! Redis, the broker and MongoDB answer, and every consumer group of the process has
+//! taken it in) and `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub struct Probes {
     pub store: Store,
     pub producer: Arc<crate::kafka::Producer>,
     pub metrics: Arc<Metrics>,
+    pub membership: crate::kafka::Membership,
 }
 
 pub fn router(probes: Probes) -> Router {
@@ -60,7 +62,9 @@ async fn ready(State(p): State<Probes>) -> impl IntoResponse {
         with_timeout(kafka)
     );
     let producer = p.producer.fatal_error().is_none();
-    let status = if redis && mongodb && kafka && producer {
+    let groups = p.membership.snapshot();
+    let assigned = groups.iter().all(|(_, a)| *a);
+    let status = if redis && mongodb && kafka && producer && assigned {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -68,7 +72,8 @@ async fn ready(State(p): State<Probes>) -> impl IntoResponse {
     (
         status,
         axum::Json(
-            json!({"redis": redis, "mongodb": mongodb, "kafka": kafka, "producer": producer}),
+            json!({"redis": redis, "mongodb": mongodb, "kafka": kafka, "producer": producer,
+                "consumerGroups": groups.into_iter().map(|(g, a)| (g, a.into())).collect::<serde_json::Map<_, _>>()}),
         ),
     )
 }

@@ -3,11 +3,13 @@
 //! Settings that matter for correctness are fixed here (idempotence, `acks=all`, manual
 //! commits); the ones that trade latency for load come from configuration.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -16,9 +18,18 @@ use rdkafka::{ClientConfig, Message};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
+/// A client configuration for the brokers, with librdkafka's debug contexts if asked for.
+fn client(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    if !cfg.debug.is_empty() {
+        c.set("debug", &cfg.debug);
+    }
+    c
+}
+
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+    Ok(client(cfg)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
@@ -29,21 +40,140 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer> {
         .create()?)
 }
 
+/// Whether each consumer group of this process holds an assignment (the partitions it
+/// was given, possibly none): `/readyz` waits for all of them, so a new pod only counts
+/// as ready once its group has taken it in, and a rolling update stops an old member only
+/// after the group has re-formed around the new one.
+#[derive(Clone, Default)]
+pub struct Membership(Arc<Mutex<Vec<GroupFlag>>>);
+
+/// A consumer group and whether its member in this process holds an assignment.
+type GroupFlag = (String, Arc<AtomicBool>);
+
+impl Membership {
+    /// The flag of `group`, registered (unassigned) on first use.
+    pub fn flag(&self, group: &str) -> Arc<AtomicBool> {
+        let mut groups = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, f)) = groups.iter().find(|(g, _)| g == group) {
+            return f.clone();
+        }
+        let f = Arc::new(AtomicBool::new(false));
+        groups.push((group.to_owned(), f.clone()));
+        f
+    }
+
+    /// Every registered group and whether it holds an assignment.
+    pub fn snapshot(&self) -> Vec<(String, bool)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(g, f)| (g.clone(), f.load(Ordering::Acquire)))
+            .collect()
+    }
+}
+
+/// Knows whether the consumer's group is between a revocation and the next assignment
+/// (a rebalance in progress), for [`Membership`] and [`leave_when_settled`].
+pub struct GroupContext {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) {
+            self.assigned.store(false, Ordering::Release);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.assigned.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A member of a consumer group.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
 /// A consumer in `group` that starts from the earliest uncommitted record. With
 /// `auto_commit`, offsets stored by the caller are committed in the background;
 /// without it the caller commits explicitly.
-pub fn consumer(cfg: &KafkaConfig, group: &str, auto_commit: bool) -> Result<StreamConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+pub fn consumer(
+    cfg: &KafkaConfig,
+    group: &str,
+    auto_commit: bool,
+    membership: &Membership,
+) -> Result<GroupConsumer> {
+    let assigned = membership.flag(group);
+    assigned.store(false, Ordering::Release);
+    Ok(client(cfg)
         .set("group.id", group)
         .set("enable.auto.commit", auto_commit.to_string())
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            HEARTBEAT
+                .as_millis()
+                .min(u128::from(cfg.session_timeout_ms / 3))
+                .to_string(),
+        )
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("enable.partition.eof", "false")
         .set("socket.nagle.disable", "true")
-        .create()?)
+        .create_with_context(GroupContext { assigned })?)
+}
+
+/// Heartbeats of group members: a member learns of a rebalance at its next heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Before a member leaves its group (the consumer is dropped), lets a rebalance in
+/// progress finish, for at most `within`: the member keeps polling until it has held an
+/// assignment for one and a half heartbeats (a rebalance started by a member that just
+/// joined is only learnt at the next heartbeat). Leaving mid-rebalance costs every broker
+/// a second rebalance, and wedges the group for good on some Kafka-compatible brokers
+/// (tansu 0.6 keeps a leader that left while the group was forming, so the others never
+/// get an assignment). Records received meanwhile are dropped without storing their
+/// offsets: the group delivers them again to their next owner.
+pub async fn leave_when_settled(consumer: &GroupConsumer, within: Duration) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    let mut settled_since = None;
+    let mut rebalanced = false;
+    loop {
+        let now = tokio::time::Instant::now();
+        if consumer.context().assigned.load(Ordering::Acquire) {
+            let since = *settled_since.get_or_insert(now);
+            if now.duration_since(since) >= HEARTBEAT * 3 / 2 {
+                if rebalanced {
+                    tracing::info!(
+                        waited_ms = now.duration_since(started).as_millis(),
+                        "left the consumer group after its rebalance finished"
+                    );
+                }
+                return;
+            }
+        } else {
+            settled_since = None;
+            rebalanced = true;
+        }
+        if now >= deadline {
+            tracing::warn!(
+                "left the consumer group while it was still rebalancing ({} ms)",
+                within.as_millis()
+            );
+            return;
+        }
+        // Polling serves the heartbeats' outcomes and the rebalance callbacks.
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+    }
 }
 
 /// Header naming the installation that produced a record (`KAFKA_GROUP_PREFIX`).
@@ -202,9 +332,7 @@ pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
 
 /// Creates the topics when missing; an existing topic is left as it is.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client(cfg).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {

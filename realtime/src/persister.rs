@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use redis::Script;
@@ -39,7 +39,11 @@ pub struct Persister {
     pub redis: ConnectionManager,
     pub producer: Arc<kafka::Producer>,
     pub metrics: Arc<Metrics>,
+    pub membership: kafka::Membership,
 }
+
+/// The persisters' consumer group (after `KAFKA_GROUP_PREFIX`).
+pub const GROUP: &str = "persister";
 
 /// Header of a dead-lettered record saying why the database refused it.
 pub const REFUSED_HEADER: &str = "realtime-refused-reason";
@@ -61,8 +65,8 @@ return 1
 impl Persister {
     /// Consumes until `cancel` fires; the batch in hand is finished and committed first.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
-        let group = self.cfg.kafka.group("persister");
-        let consumer: StreamConsumer = kafka::consumer(&self.cfg.kafka, &group, false)?;
+        let group = self.cfg.kafka.group(GROUP);
+        let consumer = kafka::consumer(&self.cfg.kafka, &group, false, &self.membership)?;
         consumer.subscribe(&[self.cfg.kafka.message_topic.as_str()])?;
         let unique_index = self.store.message_id_is_unique().await?;
         if !unique_index {
@@ -107,6 +111,11 @@ impl Persister {
                 .persist_batch_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
+        kafka::leave_when_settled(
+            &consumer,
+            Duration::from_millis(self.cfg.kafka.session_timeout_ms.into()),
+        )
+        .await;
         // The last commits must reach the broker before the process exits.
         let flushed = tokio::task::spawn_blocking(move || {
             consumer
@@ -124,7 +133,7 @@ impl Persister {
     /// Waits for the first record, then collects up to `batch_size` or until `linger`.
     async fn next_batch(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &kafka::GroupConsumer,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Option<Vec<OwnedMessage>> {

@@ -90,6 +90,12 @@ impl From<Transport> for realtime_turn::probe::Transport {
 }
 
 /// A coturn Deployment run by the operator.
+///
+/// The pods use the host network: a TURN server hands out relay addresses from a port
+/// range, which no Service can carry, so each pod listens and relays on its node's
+/// address (`status.podIP`), one pod per node (the listening port is a host port). Each
+/// pod is probed and handed to clients at that address, unless `publicHost` names a
+/// load-balanced host in front of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedTurn {
@@ -97,7 +103,7 @@ pub struct ManagedTurn {
     #[serde(default = "default_turn_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
-    /// coturn image.
+    /// coturn image (`images/coturn.Containerfile`; its entrypoint is `turnserver`).
     #[serde(default = "default_turn_image")]
     pub image: String,
     /// TURN realm.
@@ -107,11 +113,22 @@ pub struct ManagedTurn {
     #[serde(default = "default_turn_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// First port of the relay range (UDP and TCP) on each node; open it in the nodes'
+    /// firewall together with `port`.
+    #[serde(default = "default_min_relay_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub min_relay_port: i32,
+    /// Last port of the relay range.
+    #[serde(default = "default_max_relay_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub max_relay_port: i32,
     /// Type of the Service in front of the pods. Clients outside the cluster need a
     /// `LoadBalancer` (the default) or `NodePort`.
     #[serde(default = "default_turn_service_type")]
     pub service_type: super::ServiceType,
-    /// Host name handed to clients and probed; defaults to the Service's cluster DNS name.
+    /// A load-balanced host name in front of the pods (e.g. a DNS name listing every
+    /// node), probed and handed to clients as one server. Without it, every coturn pod is
+    /// probed and handed out at its node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub public_host: Option<String>,
@@ -128,7 +145,17 @@ fn default_turn_replicas() -> i32 {
     2
 }
 fn default_turn_image() -> String {
-    "coturn/coturn:4.6".into()
+    concat!(
+        "ghcr.io/realtime-operator/coturn:",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into()
+}
+fn default_min_relay_port() -> i32 {
+    49152
+}
+fn default_max_relay_port() -> i32 {
+    65535
 }
 
 /// Shared-secret rotation.

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, KeyToPath, PodSpec, Secret, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, Pod, PodSpec,
+    Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -36,7 +36,6 @@ pub const CURRENT_KEY: &str = "current";
 pub const PREVIOUS_KEY: &str = "previous";
 pub const CONFIG_KEY: &str = "turnserver.conf";
 const CONFIG_DIR: &str = "/etc/coturn";
-const RELAY_PORTS: (u16, u16) = (49152, 65535);
 
 pub fn secret_name(pool: &str) -> String {
     format!("{pool}-turn-secret")
@@ -168,8 +167,8 @@ fn listen(managed: &ManagedTurn) -> Listen {
         ip: None,
         port: u16::try_from(managed.port).unwrap_or(3478),
         relay_ip: None,
-        min_relay_port: RELAY_PORTS.0,
-        max_relay_port: RELAY_PORTS.1,
+        min_relay_port: u16::try_from(managed.min_relay_port).unwrap_or(49152),
+        max_relay_port: u16::try_from(managed.max_relay_port).unwrap_or(65535),
         loopback_peers: false,
     }
 }
@@ -225,7 +224,24 @@ pub fn coturn_deployment(pool: &TurnPool, managed: &ManagedTurn, checksum: &str)
     let container = Container {
         name: "coturn".into(),
         image: Some(managed.image.clone()),
-        args: Some(vec!["-c".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}")]),
+        // Listens and relays on the node's address only (host network, see `ManagedTurn`).
+        args: Some(vec![
+            "-c".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+            "--listening-ip=$(POD_IP)".into(),
+            "--relay-ip=$(POD_IP)".into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
         ports: Some(
             ["UDP", "TCP"]
                 .into_iter()
@@ -249,6 +265,8 @@ pub fn coturn_deployment(pool: &TurnPool, managed: &ManagedTurn, checksum: &str)
     };
     let pod = PodSpec {
         automount_service_account_token: Some(false),
+        host_network: Some(true),
+        dns_policy: Some("ClusterFirstWithHostNet".into()),
         security_context: Some(pod_security(65534)),
         containers: vec![container],
         volumes: Some(vec![Volume {
@@ -266,13 +284,25 @@ pub fn coturn_deployment(pool: &TurnPool, managed: &ManagedTurn, checksum: &str)
         }]),
         ..PodSpec::default()
     };
-    checksummed_deployment(
+    let mut deployment = checksummed_deployment(
         meta(pool, coturn_name(&name), "coturn"),
         managed.replicas,
         selector,
         checksum,
         pod,
-    )
+    );
+    // One pod per node (its ports are host ports): a new pod can only start where an old
+    // one stopped, so a roll replaces pods one at a time instead of surging.
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.strategy = Some(DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(0)),
+                max_unavailable: Some(IntOrString::Int(1)),
+            }),
+        });
+    }
+    deployment
 }
 
 pub fn coturn_service(pool: &TurnPool, managed: &ManagedTurn) -> Service {
@@ -300,29 +330,51 @@ pub fn coturn_service(pool: &TurnPool, managed: &ManagedTurn) -> Service {
     }
 }
 
-/// The servers to probe and hand out: the external list, or the managed Service.
-pub fn servers(pool: &TurnPool) -> Vec<TurnServer> {
-    if let Some(servers) = &pool.spec.servers {
-        return servers.clone();
-    }
+/// Whether the servers of this pool are its coturn pods, each at its node's address
+/// (managed, no `publicHost`): the caller lists them for [`servers`].
+pub fn probes_pods(pool: &TurnPool) -> bool {
     pool.spec
         .managed
         .as_ref()
-        .map(|m| {
-            let host = m.public_host.clone().unwrap_or_else(|| {
-                format!(
-                    "{}.{}.svc",
-                    coturn_name(&pool.name_any()),
-                    pool.namespace().unwrap_or_default()
-                )
-            });
-            vec![TurnServer {
-                host,
-                port: m.port,
-                transports: vec![Transport::Udp, Transport::Tcp],
-            }]
-        })
-        .unwrap_or_default()
+        .is_some_and(|m| m.public_host.is_none())
+}
+
+/// The label selector of a pool's coturn pods.
+pub fn coturn_selector(pool: &TurnPool) -> String {
+    labels(&pool.name_any(), "coturn")
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The servers to probe and hand out: the external list, the managed `publicHost`, or
+/// every coturn pod that has an address and is not going away (`pods`, listed by the
+/// caller when [`probes_pods`]), ordered by address.
+pub fn servers(pool: &TurnPool, pods: &[Pod]) -> Vec<TurnServer> {
+    if let Some(servers) = &pool.spec.servers {
+        return servers.clone();
+    }
+    let Some(m) = &pool.spec.managed else {
+        return Vec::new();
+    };
+    let server = |host: String| TurnServer {
+        host,
+        port: m.port,
+        transports: vec![Transport::Udp, Transport::Tcp],
+    };
+    if let Some(host) = &m.public_host {
+        return vec![server(host.clone())];
+    }
+    let mut hosts: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts.into_iter().map(server).collect()
 }
 
 #[cfg(test)]
@@ -346,6 +398,8 @@ mod tests {
                     image: "coturn/coturn:4.6".into(),
                     realm: "example.com".into(),
                     port: 3478,
+                    min_relay_port: 49152,
+                    max_relay_port: 65535,
                     service_type: crate::crd::ServiceType::LoadBalancer,
                     public_host: None,
                 }),
@@ -451,7 +505,68 @@ mod tests {
         let svc = coturn_service(&p, &m).spec.unwrap();
         assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(svc.ports.unwrap().len(), 2);
-        assert_eq!(servers(&p)[0].host, "pool-coturn.ns.svc");
-        assert_eq!(servers(&pool(None, false))[0].host, "turn.example.com");
+        assert_eq!(servers(&pool(None, false), &[])[0].host, "turn.example.com");
+    }
+
+    #[test]
+    fn managed_pods_run_on_the_host_network_one_per_node() {
+        let p = pool(None, true);
+        let m = p.spec.managed.clone().unwrap();
+        let spec = coturn_deployment(&p, &m, "abc").spec.unwrap();
+        let rolling = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.host_network, Some(true));
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(
+            args.contains(&"--relay-ip=$(POD_IP)".to_owned()),
+            "{args:?}"
+        );
+        let env = pod.containers[0].env.clone().unwrap();
+        assert_eq!(
+            env[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        let conf = coturn::config(&m.realm, &SecretPair::new("s".into()), &listen(&m));
+        assert!(conf.contains("min-port=49152\nmax-port=65535\n"), "{conf}");
+    }
+
+    #[test]
+    fn managed_servers_are_the_pods_with_an_address_or_the_public_host() {
+        let mut p = pool(None, true);
+        let pod = |ip: Option<&str>, deleting: bool| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "deletionTimestamp": deleting.then_some("2026-11-27T00:00:00Z")},
+                "status": {"podIP": ip},
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod(Some("10.0.0.2"), false),
+            pod(None, false),
+            pod(Some("10.0.0.3"), true),
+            pod(Some("10.0.0.1"), false),
+        ];
+        assert!(probes_pods(&p));
+        let hosts: Vec<String> = servers(&p, &pods).into_iter().map(|s| s.host).collect();
+        assert_eq!(
+            hosts,
+            ["10.0.0.1", "10.0.0.2"],
+            "pending and terminating pods are not servers"
+        );
+        assert_eq!(
+            coturn_selector(&p),
+            "app.kubernetes.io/component=coturn,app.kubernetes.io/instance=pool,app.kubernetes.io/managed-by=realtime-operator,app.kubernetes.io/name=realtime"
+        );
+        p.spec.managed.as_mut().unwrap().public_host = Some("turn.example.org".into());
+        assert!(!probes_pods(&p));
+        assert_eq!(servers(&p, &pods)[0].host, "turn.example.org");
     }
 }

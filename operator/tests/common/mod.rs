@@ -95,12 +95,23 @@ where
     }
 }
 
+/// The namespace annotation (PodNodeSelector admission, enabled by scripts/kube.sh) that
+/// keeps a test's pods off any node: these tests play the kubelet's part themselves
+/// (patching pod and Deployment status), so a real kubelet must not run their pods when
+/// scripts/node.sh has added a node.
+pub fn no_node() -> serde_json::Value {
+    serde_json::json!({"scheduler.alpha.kubernetes.io/node-selector": "realtime.dev/test-pods=never"})
+}
+
 /// Installs the CRDs and creates a namespace of its own for one test.
 pub async fn test_namespace(client: &Client, prefix: &str) -> String {
     install_crds(client).await;
     let ns = format!("{prefix}-{}", std::process::id());
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let body = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    let body = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": ns, "annotations": no_node()}}),
+    )
+    .unwrap();
     namespaces
         .create(&PostParams::default(), &body)
         .await

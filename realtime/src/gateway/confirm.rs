@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use tokio::sync::Semaphore;
@@ -65,16 +65,21 @@ pub async fn perform<A: Adapter>(io: &SocketIo<A>, emits: Vec<Emit>) {
     }
 }
 
+/// The group (after `KAFKA_GROUP_PREFIX`) the gateways share for persistence events.
+pub const CONFIRMATIONS_GROUP: &str = "gateway-confirmations";
+
 /// Consumes `chat.persistence.events` until `cancel` fires.
 pub async fn run_confirmations<A: Adapter>(
     gw: Shared,
     io: SocketIo<A>,
+    membership: kafka::Membership,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = kafka::consumer(
+    let consumer = kafka::consumer(
         &gw.cfg.kafka,
-        &gw.cfg.kafka.group("gateway-confirmations"),
+        &gw.cfg.kafka.group(CONFIRMATIONS_GROUP),
         true,
+        &membership,
     )?;
     consumer.subscribe(&[gw.cfg.kafka.persistence_topic.as_str()])?;
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT as usize));
@@ -134,6 +139,11 @@ pub async fn run_confirmations<A: Adapter>(
     if inflight.acquire_many(MAX_INFLIGHT).await.is_err() {
         tracing::warn!("confirmation semaphore closed before shutdown");
     }
+    kafka::leave_when_settled(
+        &consumer,
+        std::time::Duration::from_millis(gw.cfg.kafka.session_timeout_ms.into()),
+    )
+    .await;
     let committed = tokio::task::spawn_blocking(move || {
         consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
     })

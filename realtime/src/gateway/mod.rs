@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 
-pub use confirm::{perform, run_confirmations, run_sweeper};
+pub use confirm::{CONFIRMATIONS_GROUP, perform, run_confirmations, run_sweeper};
 use reply::Reply;
 
 use crate::auth::{self, Identity, Verifier};

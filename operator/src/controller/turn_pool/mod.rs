@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use realtime_turn::credentials;
@@ -56,6 +56,16 @@ pub fn invalid(pool: &TurnPool) -> Option<String> {
         (Some(_), Some(_)) => Some("set either spec.servers or spec.managed, not both".into()),
         (Some(s), None) if s.is_empty() => {
             Some("spec.servers is empty: list at least one server".into())
+        }
+        (None, Some(m)) if m.min_relay_port > m.max_relay_port => Some(format!(
+            "spec.managed.minRelayPort ({}) is above maxRelayPort ({})",
+            m.min_relay_port, m.max_relay_port
+        )),
+        (None, Some(m)) if (m.min_relay_port..=m.max_relay_port).contains(&m.port) => {
+            Some(format!(
+                "spec.managed.port ({}) lies in the relay range {}-{}",
+                m.port, m.min_relay_port, m.max_relay_port
+            ))
         }
         _ => None,
     }
@@ -180,7 +190,16 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         PROBE_CREDENTIAL_TTL,
         credentials::now_unix(),
     );
-    let servers = render::servers(pool);
+    // Managed pods are probed one by one, each at its node's address.
+    let pods = if render::probes_pods(pool) {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels(&render::coturn_selector(pool)))
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
+    let servers = render::servers(pool, &pods);
     let reports = join_all(servers.iter().map(|s| {
         let transports: Vec<probe::Transport> = s.transports.iter().map(|t| (*t).into()).collect();
         let (username, password) = (credential.username.clone(), credential.password.clone());

@@ -78,7 +78,18 @@ pub fn pool_conditions(
             )
         })
         .collect();
-    let ready = if healthy >= needed {
+    let ready = if total == 0 {
+        condition(
+            READY,
+            false,
+            "NoServers",
+            format!(
+                "no coturn pod has an address yet: pods pending or not scheduled (host network: one pod per node; see Deployment {}-coturn)",
+                pool.metadata.name.as_deref().unwrap_or_default()
+            ),
+            generation,
+        )
+    } else if healthy >= needed {
         condition(
             READY,
             true,
@@ -222,5 +233,11 @@ pub(crate) mod tests {
             (c[1].status.as_str(), c[1].reason.as_str()),
             ("False", "AllHealthy")
         );
+        let c = pool_conditions(&pool(1), &[], None);
+        assert_eq!(
+            (c[0].status.as_str(), c[0].reason.as_str()),
+            ("False", "NoServers")
+        );
+        assert!(c[0].message.contains("p-coturn"), "{}", c[0].message);
     }
 }
