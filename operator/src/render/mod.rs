@@ -313,6 +313,9 @@ pub fn gateway_service(rc: &RealtimeCluster) -> Service {
                 target_port: Some(IntOrString::String("http".into())),
                 ..ServicePort::default()
             }]),
+            // Socket.IO's HTTP long-polling (the standard client's first transport) needs
+            // every request of a session on the same gateway.
+            session_affinity: Some("ClientIP".into()),
             ..K8sServiceSpec::default()
         }),
         ..Service::default()
@@ -435,6 +438,7 @@ mod tests {
         let svc = gateway_service(&cluster()).spec.unwrap();
         assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(svc.ports.unwrap()[0].port, 443);
+        assert_eq!(svc.session_affinity.as_deref(), Some("ClientIP"));
         let pdb = gateway_pdb(&cluster(), "policy/v1beta1");
         assert_eq!(pdb["apiVersion"], "policy/v1beta1");
         assert_eq!(pdb["spec"]["maxUnavailable"], 1);
