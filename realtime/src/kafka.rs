@@ -40,18 +40,19 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer> {
         .create()?)
 }
 
-/// Whether each consumer group of this process holds an assignment (the partitions it
-/// was given, possibly none): `/readyz` waits for all of them, so a new pod only counts
-/// as ready once its group has taken it in, and a rolling update stops an old member only
-/// after the group has re-formed around the new one.
+/// Whether each consumer group of this process has taken it in (given it an assignment,
+/// possibly of no partition) since its consumer started: `/readyz` waits for all of them,
+/// so a new pod only counts as ready once its group has re-formed around it, and a
+/// rolling update stops an old member only then. (A later rebalance does not make a
+/// member unready: every member is mid-rebalance at the same moment.)
 #[derive(Clone, Default)]
 pub struct Membership(Arc<Mutex<Vec<GroupFlag>>>);
 
-/// A consumer group and whether its member in this process holds an assignment.
+/// A consumer group and whether it has taken this process in.
 type GroupFlag = (String, Arc<AtomicBool>);
 
 impl Membership {
-    /// The flag of `group`, registered (unassigned) on first use.
+    /// The flag of `group`, registered (not joined) on first use.
     pub fn flag(&self, group: &str) -> Arc<AtomicBool> {
         let mut groups = self
             .0
@@ -65,7 +66,7 @@ impl Membership {
         f
     }
 
-    /// Every registered group and whether it holds an assignment.
+    /// Every registered group and whether it has taken this process in.
     pub fn snapshot(&self) -> Vec<(String, bool)> {
         self.0
             .lock()
@@ -77,9 +78,11 @@ impl Membership {
 }
 
 /// Knows whether the consumer's group is between a revocation and the next assignment
-/// (a rebalance in progress), for [`Membership`] and [`leave_when_settled`].
+/// (a rebalance in progress), for [`leave_when_settled`], and tells [`Membership`] when
+/// the group first took the consumer in.
 pub struct GroupContext {
-    assigned: Arc<AtomicBool>,
+    assigned: AtomicBool,
+    joined: Arc<AtomicBool>,
 }
 
 impl ClientContext for GroupContext {}
@@ -94,6 +97,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if matches!(rebalance, Rebalance::Assign(_)) {
             self.assigned.store(true, Ordering::Release);
+            self.joined.store(true, Ordering::Release);
         }
     }
 }
@@ -110,8 +114,8 @@ pub fn consumer(
     auto_commit: bool,
     membership: &Membership,
 ) -> Result<GroupConsumer> {
-    let assigned = membership.flag(group);
-    assigned.store(false, Ordering::Release);
+    let joined = membership.flag(group);
+    joined.store(false, Ordering::Release);
     Ok(client(cfg)
         .set("group.id", group)
         .set("enable.auto.commit", auto_commit.to_string())
@@ -128,7 +132,10 @@ pub fn consumer(
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("enable.partition.eof", "false")
         .set("socket.nagle.disable", "true")
-        .create_with_context(GroupContext { assigned })?)
+        .create_with_context(GroupContext {
+            assigned: AtomicBool::new(false),
+            joined,
+        })?)
 }
 
 /// Heartbeats of group members: a member learns of a rebalance at its next heartbeat.

@@ -114,7 +114,15 @@ pub fn pool_conditions(
             generation,
         )
     };
-    let degraded = if unhealthy.is_empty() {
+    let degraded = if total == 0 {
+        condition(
+            DEGRADED,
+            false,
+            "NoServers",
+            "no server to probe yet".to_owned(),
+            generation,
+        )
+    } else if unhealthy.is_empty() {
         condition(
             DEGRADED,
             false,
