@@ -8,7 +8,7 @@
 #   5. the example installation (kubectl apply -f examples/: Redis, the broker, MongoDB,
 #      a RealtimeCluster and a managed TurnPool), waited for until Ready,
 # then seeds a conversation and prints the tenant endpoint and ready-made tokens.
-# The first run builds Kubernetes and the release binaries (about 20 minutes on two
+# The first run builds Kubernetes and the release binaries (20–25 minutes on two
 # cores, each step says what it does); later runs take about a minute.
 #
 #   scripts/dev.sh               the whole product (needs root: the node changes the host)
