@@ -76,6 +76,44 @@ stop() {
   log "stopped $name"
 }
 
+# The kubelet and kube-proxy create KUBE-* chains in filter, nat and mangle (the
+# kubelet's KUBE-FIREWALL even hooks INPUT and OUTPUT). Those that existed before `up`
+# (another Kubernetes on this host) are recorded and left alone on `down`.
+kube_chains() {
+  local t
+  for t in filter nat mangle; do
+    iptables -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" && $2 ~ /^KUBE-/ {print t, $2}'
+  done
+}
+
+record_kube_chains() {
+  [ -f "$NODE/kube-chains.saved" ] && return
+  mkdir -p "$NODE"
+  kube_chains >"$NODE/kube-chains.saved"
+}
+
+remove_kube_chains() {
+  local before=$NODE/kube-chains.saved mine t c
+  [ -f "$before" ] || return 0
+  mine=$(kube_chains | grep -vxF -f "$before" || true)
+  # Jumps into our chains from any chain first, then the chains themselves.
+  for t in filter nat mangle; do
+    iptables -t "$t" -S 2>/dev/null | grep -E '^-A .* -j KUBE-' | while read -r rule; do
+      c=$(sed -E 's/.* -j (KUBE-[^ ]+).*/\1/' <<<"$rule")
+      grep -qxF "$t $c" <<<"$mine" || continue
+      # shellcheck disable=SC2086
+      eval "iptables -t $t ${rule/-A/-D}" 2>/dev/null || true
+    done
+  done
+  while read -r t c; do
+    [ -n "$c" ] && iptables -t "$t" -F "$c" 2>/dev/null || true
+  done <<<"$mine"
+  while read -r t c; do
+    [ -n "$c" ] && iptables -t "$t" -X "$c" 2>/dev/null || true
+  done <<<"$mine"
+  rm -f "$before"
+}
+
 record_sysctls() {
   [ -f "$NODE/sysctls.saved" ] && return
   mkdir -p "$NODE"
@@ -132,6 +170,8 @@ network_down() {
   done
   # kube-proxy's chains (it is stopped by now).
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+  # The kubelet's (KUBE-FIREWALL, KUBE-MARK-*, canaries), which nothing else removes.
+  remove_kube_chains
   ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
 }
@@ -252,6 +292,7 @@ up() {
   scripts/kube.sh status >/dev/null 2>&1 || { log "start the control plane first: scripts/kube.sh up"; exit 1; }
   mkdir -p "$RUN_DIR" "$NODE"
   record_sysctls
+  record_kube_chains
   write_configs
   network_up
   # The API server must be reachable from pods: the control plane restarts it for the node.
