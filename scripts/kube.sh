@@ -15,6 +15,7 @@ set -euo pipefail
 
 KUBE_HOME=${KUBE_HOME:-$HOME/.cache/realtime-operator/kube}
 RUN_DIR=$KUBE_HOME/run
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 BIN=$KUBE_HOME/bin
 ETCD_PORT=${KUBE_ETCD_PORT:-12379}
 ETCD_PEER_PORT=${KUBE_ETCD_PEER_PORT:-12380}
@@ -98,7 +99,6 @@ tools() {
   rm -rf "$tmp"
 }
 
-pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 
 # The address pods reach the API server at (scripts/node.sh's bridge); in the certificate
 # from the start, so adding a node needs no new one.
@@ -160,13 +160,7 @@ current-context: local
 EOK
 }
 
-start() {
-  local name=$1; shift
-  if pid_alive "$name"; then return; fi
-  log "starting $name"
-  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
-  echo $! >"$RUN_DIR/$name.pid"
-}
+start() { spawn "$@"; }
 
 up() {
   build
@@ -224,16 +218,7 @@ serve_node() {
   controller_manager
 }
 
-stop_one() {
-  local name=$1
-  if pid_alive "$name"; then
-    local pid; pid=$(cat "$RUN_DIR/$name.pid")
-    kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    log "stopped $name"
-  fi
-  rm -f "$RUN_DIR/$name.pid"
-}
+stop_one() { stop_pid "$1"; }
 
 wait_ready() {
   local token; token=$(cat "$KUBE_HOME/pki/admin.token")

@@ -25,6 +25,7 @@ cd "$(dirname "$0")/.."
 KUBE_HOME=${KUBE_HOME:-$HOME/.cache/realtime-operator/kube}
 NODE=$KUBE_HOME/node
 RUN_DIR=$KUBE_HOME/run
+. scripts/lib.sh
 BIN=$KUBE_HOME/bin
 PKI=$KUBE_HOME/pki
 API_PORT=${KUBE_API_PORT:-16443}
@@ -55,26 +56,8 @@ install() {
   scripts/kube.sh build-node
 }
 
-pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
-
-start() {
-  local name=$1; shift
-  if pid_alive "$name"; then return; fi
-  log "starting $name"
-  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
-  echo $! >"$RUN_DIR/$name.pid"
-}
-
-stop() {
-  local name=$1 pid
-  pid_alive "$name" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
-  pid=$(cat "$RUN_DIR/$name.pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$RUN_DIR/$name.pid"
-  log "stopped $name"
-}
+start() { spawn "$@"; }
+stop() { stop_pid "$1"; }
 
 # The kubelet and kube-proxy create KUBE-* chains in filter, nat and mangle (the
 # kubelet's KUBE-FIREWALL even hooks INPUT and OUTPUT). Those that existed before `up`

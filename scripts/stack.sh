@@ -12,6 +12,7 @@ set -euo pipefail
 
 STACK_HOME=${STACK_HOME:-$HOME/.cache/realtime-operator}
 RUN_DIR=${STACK_RUN_DIR:-$STACK_HOME/run}
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 VENV=$STACK_HOME/venv
 REDIS_PORT=${STACK_REDIS_PORT:-16379}
 KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
@@ -42,10 +43,6 @@ install() {
   fi
 }
 
-pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 start() {
   local name=$1 port=$2; shift 2
   if pid_alive "$name"; then return; fi
@@ -53,9 +50,8 @@ start() {
     log "port $port is taken by another process; set STACK_${name^^}_PORT to a free port"
     exit 1
   fi
-  log "starting $name on 127.0.0.1:$port"
-  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
-  echo $! >"$RUN_DIR/$name.pid"
+  spawn "$name" "$@"
+  log "$name on 127.0.0.1:$port"
 }
 
 wait_ready() {
@@ -82,14 +78,7 @@ up() {
 
 down() {
   for name in redis kafka mongo; do
-    if pid_alive "$name"; then
-      local pid; pid=$(cat "$RUN_DIR/$name.pid")
-      kill "$pid"
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      log "stopped $name"
-    fi
-    rm -f "$RUN_DIR/$name.pid"
+    stop_pid "$name"
   done
 }
 

@@ -8,16 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The cleanup trap comes first: whatever this script starts is stopped again, also when
+# a start fails half-way.
 started_stack=0
-if ! scripts/stack.sh status >/dev/null 2>&1; then
-  scripts/stack.sh up
-  started_stack=1
-fi
 started_kube=0
-if ! scripts/kube.sh status >/dev/null 2>&1; then
-  scripts/kube.sh up
-  started_kube=1
-fi
 started_node=0
 cleanup() {
   if [ "$started_node" = 1 ]; then scripts/node.sh down; fi
@@ -25,6 +19,14 @@ cleanup() {
   if [ "$started_kube" = 1 ]; then scripts/kube.sh down; fi
 }
 trap cleanup EXIT
+if ! scripts/stack.sh status >/dev/null 2>&1; then
+  started_stack=1
+  scripts/stack.sh up
+fi
+if ! scripts/kube.sh status >/dev/null 2>&1; then
+  started_kube=1
+  scripts/kube.sh up
+fi
 eval "$(scripts/stack.sh env)"
 eval "$(scripts/kube.sh env)"
 
