@@ -81,7 +81,7 @@ remove_kube_chains() {
   mine=$(kube_chains | grep -vxF -f "$before" || true)
   # Jumps into our chains from any chain first, then the chains themselves.
   for t in filter nat mangle; do
-    iptables -t "$t" -S 2>/dev/null | grep -E '^-A .* -j KUBE-' | while read -r rule; do
+    { iptables -t "$t" -S 2>/dev/null | grep -E '^-A .* -j KUBE-' || true; } | while read -r rule; do
       c=$(sed -E 's/.* -j (KUBE-[^ ]+).*/\1/' <<<"$rule")
       grep -qxF "$t $c" <<<"$mine" || continue
       # shellcheck disable=SC2086
@@ -333,7 +333,7 @@ down() {
   stop containerd
   pkill -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $SOCK" 2>/dev/null || true
   # Mounts below our folders (kubelet volumes, containerd rootfs and sandboxes), deepest first.
-  grep -o " $NODE/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $NODE/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf /var/log/pods /var/log/containers /var/lib/cni/networks/realtime-pods
