@@ -1,6 +1,7 @@
 //! Realtime Operator control plane.
 //!
-//! - [`crd`]: the custom resource types of `realtime.dev/v1alpha1` and their CRDs;
+//! - [`crd`]: the custom resource types of `realtime.dev/v1alpha1`, their CRDs and
+//!   well-known names (the `realtime-api` crate, shared with the data plane);
 //! - [`render`]: pure rendering of a RealtimeCluster's children;
 //! - [`controller`]: reconcilers, their context, errors and back-off;
 //! - [`run`]: wiring of the controllers to the API server;
@@ -8,7 +9,7 @@
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod controller;
-pub mod crd;
+pub use realtime_api as crd;
 pub mod leader;
 pub mod metrics;
 pub mod render;

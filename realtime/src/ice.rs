@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::Api;
 use kube::runtime::watcher;
+use realtime_api::{CURRENT_KEY, PREVIOUS_KEY, ROTATED_AT_ANNOTATION, TurnPool, TurnPoolStatus};
 use realtime_turn::coturn::SecretPair;
 use realtime_turn::credentials;
 use realtime_turn::ice::{self, Server};
@@ -70,47 +71,39 @@ pub fn static_servers(urls: &[String]) -> Result<Vec<Server>, String> {
 }
 
 /// The healthy servers of a TurnPool status, fastest first.
-fn healthy_servers(status: &Value) -> Vec<Server> {
+fn healthy_servers(status: Option<&TurnPoolStatus>) -> Vec<Server> {
     let mut found: Vec<(i64, Server)> = status
-        .get("servers")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter(|s| s.get("healthy").and_then(Value::as_bool) == Some(true))
-                .filter_map(|s| {
-                    let host = s.get("host")?.as_str()?.to_owned();
-                    let port = u16::try_from(s.get("port")?.as_i64()?).ok()?;
-                    let transports: Vec<Transport> = s
-                        .get("transports")
-                        .and_then(Value::as_array)
-                        .map(|t| {
-                            t.iter()
-                                .filter_map(|v| v.as_str().and_then(Transport::parse))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let rtt = s
-                        .get("rttMillis")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(i64::MAX);
-                    Some((
-                        rtt,
-                        Server {
-                            host,
-                            port,
-                            transports: if transports.is_empty() {
-                                vec![Transport::Udp]
-                            } else {
-                                transports
-                            },
-                        },
-                    ))
-                })
-                .collect()
+        .map(|s| s.servers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.healthy)
+        .filter_map(|s| {
+            let transports: Vec<Transport> = s.transports.iter().map(|t| transport(*t)).collect();
+            Some((
+                s.rtt_millis.unwrap_or(i64::MAX),
+                Server {
+                    host: s.host.clone(),
+                    port: u16::try_from(s.port).ok()?,
+                    transports: if transports.is_empty() {
+                        vec![Transport::Udp]
+                    } else {
+                        transports
+                    },
+                },
+            ))
         })
-        .unwrap_or_default();
+        .collect();
     found.sort_by_key(|(rtt, _)| *rtt);
     found.into_iter().map(|(_, s)| s).collect()
+}
+
+/// The ICE list's name for a transport of the resource.
+fn transport(t: realtime_api::Transport) -> Transport {
+    match t {
+        realtime_api::Transport::Udp => Transport::Udp,
+        realtime_api::Transport::Tcp => Transport::Tcp,
+        realtime_api::Transport::Tls => Transport::Tls,
+    }
 }
 
 impl IceProvider {
@@ -141,7 +134,7 @@ impl IceProvider {
             tokio::spawn(watch_secret(
                 client,
                 ns,
-                format!("{pool}-turn-secret"),
+                realtime_api::secret_name(pool),
                 view.clone(),
                 cancel,
             ));
@@ -268,26 +261,16 @@ async fn watch_pool(
     view: Arc<RwLock<View>>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "realtime.dev",
-        "v1alpha1",
-        "TurnPool",
-    ));
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource);
+    let api: Api<TurnPool> = Api::namespaced(client, &ns);
     follow(api, &name.clone(), view, cancel, |v, pool| {
         let Some(pool) = pool else {
             v.servers.clear();
             v.problem = Some(format!("TurnPool {ns}/{name} was deleted"));
             return;
         };
-        let status = pool.data.get("status").cloned().unwrap_or(Value::Null);
-        v.servers = healthy_servers(&status);
-        v.ttl = Duration::from_secs(
-            pool.data
-                .pointer("/spec/credentialTTLSeconds")
-                .and_then(Value::as_u64)
-                .unwrap_or(86_400),
-        );
+        v.servers = healthy_servers(pool.status.as_ref());
+        v.ttl =
+            Duration::from_secs(u64::try_from(pool.spec.credential_ttl_seconds).unwrap_or(86_400));
         v.problem = v
             .servers
             .is_empty()
@@ -315,14 +298,14 @@ async fn watch_secret(
         };
         v.secret = secret.as_ref().and_then(|s| {
             Some(SecretPair {
-                current: text(s, "current")?,
-                previous: text(s, "previous"),
+                current: text(s, CURRENT_KEY)?,
+                previous: text(s, PREVIOUS_KEY),
             })
         });
         v.rotated_at = secret
             .as_ref()
             .and_then(|s| s.metadata.annotations.as_ref())
-            .and_then(|a| a.get("realtime.dev/rotated-at"))
+            .and_then(|a| a.get(ROTATED_AT_ANNOTATION))
             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
             .map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
     })
@@ -349,17 +332,17 @@ mod tests {
 
     #[test]
     fn only_healthy_servers_fastest_first() {
-        let status = json!({"servers": [
+        let status: TurnPoolStatus = serde_json::from_value(json!({"servers": [
             {"host": "a", "port": 1, "healthy": true, "rttMillis": 30, "transports": ["udp"]},
             {"host": "b", "port": 2, "healthy": false, "rttMillis": 1, "transports": ["udp"]},
             {"host": "c", "port": 3, "healthy": true, "rttMillis": 5, "transports": ["udp", "tcp"]},
-        ]});
-        let hosts: Vec<String> = healthy_servers(&status)
-            .into_iter()
-            .map(|s| s.host)
-            .collect();
+        ]}))
+        .unwrap();
+        let servers = healthy_servers(Some(&status));
+        let hosts: Vec<&str> = servers.iter().map(|s| s.host.as_str()).collect();
         assert_eq!(hosts, ["c", "a"]);
-        assert!(healthy_servers(&Value::Null).is_empty());
+        assert_eq!(servers[0].transports, [Transport::Udp, Transport::Tcp]);
+        assert!(healthy_servers(None).is_empty());
     }
 
     #[test]

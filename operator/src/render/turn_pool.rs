@@ -26,23 +26,11 @@ use sha2::{Digest, Sha256};
 use super::{checksummed_deployment, locked_down, pod_security, service_type};
 use crate::crd::{ManagedTurn, Transport, TurnPool, TurnServer, labels};
 
-/// On the pool: set to a new value to rotate the secret at once.
-pub const ROTATE_ANNOTATION: &str = "realtime.dev/rotate";
-/// On the Secret: when it was last rotated (RFC 3339).
-pub const ROTATED_AT_ANNOTATION: &str = "realtime.dev/rotated-at";
-/// On the Secret: the last value of [`ROTATE_ANNOTATION`] that was acted on.
-pub const ROTATION_REQUEST_ANNOTATION: &str = "realtime.dev/rotation-request";
-pub const CURRENT_KEY: &str = "current";
-pub const PREVIOUS_KEY: &str = "previous";
-pub const CONFIG_KEY: &str = "turnserver.conf";
+pub use crate::crd::{
+    CONFIG_KEY, CURRENT_KEY, PREVIOUS_KEY, ROTATE_ANNOTATION, ROTATED_AT_ANNOTATION,
+    ROTATION_REQUEST_ANNOTATION, coturn_name, secret_name,
+};
 const CONFIG_DIR: &str = "/etc/coturn";
-
-pub fn secret_name(pool: &str) -> String {
-    format!("{pool}-turn-secret")
-}
-pub fn coturn_name(pool: &str) -> String {
-    format!("{pool}-coturn")
-}
 
 /// What the Secret holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

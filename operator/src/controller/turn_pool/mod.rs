@@ -201,7 +201,8 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     };
     let servers = render::servers(pool, &pods);
     let reports = join_all(servers.iter().map(|s| {
-        let transports: Vec<probe::Transport> = s.transports.iter().map(|t| (*t).into()).collect();
+        let transports: Vec<probe::Transport> =
+            s.transports.iter().map(|t| probe_transport(*t)).collect();
         let (username, password) = (credential.username.clone(), credential.password.clone());
         async move {
             probe::check(
@@ -342,6 +343,15 @@ async fn prune(
     )
     .await;
     Ok(())
+}
+
+/// The probe's name for a transport of the resource.
+fn probe_transport(t: crate::crd::Transport) -> probe::Transport {
+    match t {
+        crate::crd::Transport::Udp => probe::Transport::Udp,
+        crate::crd::Transport::Tcp => probe::Transport::Tcp,
+        crate::crd::Transport::Tls => probe::Transport::Tls,
+    }
 }
 
 fn probed_at_elapsed(t: &Time) -> Duration {

@@ -1,4 +1,6 @@
-//! TurnPool: a set of TURN servers, external or a managed coturn Deployment.
+//! TurnPool: a set of TURN servers, external or a managed coturn Deployment, and the
+//! layout of the shared-secret Secret the operator writes and the data plane (and external
+//! TURN servers) read.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -77,16 +79,6 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
-}
-
-impl From<Transport> for realtime_turn::probe::Transport {
-    fn from(t: Transport) -> Self {
-        match t {
-            Transport::Udp => Self::Udp,
-            Transport::Tcp => Self::Tcp,
-            Transport::Tls => Self::Tls,
-        }
-    }
 }
 
 /// A coturn Deployment run by the operator.
@@ -265,4 +257,27 @@ pub struct ServerStatus {
     /// What the last probe found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// On the pool: set to a new value to rotate the secret at once.
+pub const ROTATE_ANNOTATION: &str = "realtime.dev/rotate";
+/// On the Secret: when it was last rotated (RFC 3339).
+pub const ROTATED_AT_ANNOTATION: &str = "realtime.dev/rotated-at";
+/// On the Secret: the last value of [`ROTATE_ANNOTATION`] that was acted on.
+pub const ROTATION_REQUEST_ANNOTATION: &str = "realtime.dev/rotation-request";
+/// Secret key: the secret new credentials are signed with.
+pub const CURRENT_KEY: &str = "current";
+/// Secret key: the previous secret, still accepted until what it signed expires.
+pub const PREVIOUS_KEY: &str = "previous";
+/// Secret key (managed pools): coturn's configuration, listing both secrets.
+pub const CONFIG_KEY: &str = "turnserver.conf";
+
+/// The Secret holding a pool's shared secrets.
+pub fn secret_name(pool: &str) -> String {
+    format!("{pool}-turn-secret")
+}
+
+/// The coturn Deployment and Service of a managed pool.
+pub fn coturn_name(pool: &str) -> String {
+    format!("{pool}-coturn")
 }

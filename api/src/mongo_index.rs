@@ -48,7 +48,7 @@ pub struct MongoIndexSpec {
     pub expire_after_seconds: Option<i64>,
     /// Only index documents matching this filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::mongo_index::any_object")]
+    #[schemars(schema_with = "crate::mongo_index::any_object")]
     pub partial_filter_expression: Option<serde_json::Value>,
     /// Drop and recreate an existing index of the same name with other options.
     #[serde(default)]
