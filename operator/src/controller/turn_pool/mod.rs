@@ -1,4 +1,5 @@
-//! TurnPool reconciler: secret → rotation → managed coturn → health probes → status.
+//! TurnPool reconciler, in steps: ensure the secret (rotated when due) → apply the managed
+//! coturn children (and prune) → probe every server → record health → write the status.
 //!
 //! The shared secret is kept in `<pool>-turn-secret` (current and previous) and rotated
 //! on schedule or on demand (see `render::turn_pool`). Every server is probed each
@@ -30,7 +31,7 @@ use realtime_turn::probe;
 use super::children::{Children, announce_pruned, describe};
 use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
-use crate::crd::{TurnPool, TurnPoolStatus, condition, merge_conditions};
+use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
 use crate::metrics::ResultLabel;
 use crate::render::turn_pool as render;
 
@@ -87,18 +88,50 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     let ns = pool
         .namespace()
         .ok_or_else(|| Error::Invalid("TurnPool must be namespaced".into()))?;
-    let name = pool.name_any();
-    let generation = pool.metadata.generation;
     let current = pool.status.clone().unwrap_or_default();
-    let client = &ctx.client;
-
     if let Some(problem) = invalid(pool) {
         return stall(pool, ctx, &ns, &current, problem).await;
     }
+    let (state, rotated) = ensure_secret(pool, ctx, &ns).await?;
+    if let Err(problem) = apply_children(pool, ctx, &ns, &state).await? {
+        return stall(pool, ctx, &ns, &current, problem).await;
+    }
+    let next_rotation = render::next_rotation(pool, &state);
+    let until_rotation = next_rotation
+        .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
+    let requeue = |d: Duration| {
+        Action::requeue(
+            until_rotation
+                .map_or(d, |r| d.min(r))
+                .max(Duration::from_millis(100)),
+        )
+    };
+    // Probes, once per interval (a status write wakes the controller; it must not probe),
+    // and at once after a rotation.
+    let interval = seconds(pool.spec.health_check.interval_seconds);
+    let wait = ctx.probe_wait(&object_key(pool), pool.metadata.generation, interval);
+    if !rotated && !wait.is_zero() {
+        return Ok(requeue(wait));
+    }
+    ctx.probed(&object_key(pool), pool.metadata.generation);
+    let servers = probe(pool, ctx, &ns, &state).await?;
+    let probed_at = now();
+    let statuses = record_health(pool, ctx, &current, &servers, &probed_at).await;
+    write_status(pool, ctx, &ns, &current, statuses, &state, next_rotation).await?;
+    Ok(requeue(
+        interval.saturating_sub(probed_at_elapsed(&probed_at)),
+    ))
+}
 
-    // The secret, rotated when due.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let secret_name = render::secret_name(&name);
+/// Step 1: the pool's Secret, created or rotated when due (announced by an Event).
+/// Returns the secret state and whether it was just created or rotated.
+async fn ensure_secret(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(render::SecretState, bool), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret_name = render::secret_name(&pool.name_any());
     let stored = secrets
         .get_opt(&secret_name)
         .await?
@@ -107,7 +140,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     let at = Timestamp::now();
     let due = render::rotation_due(pool, stored.as_ref(), at);
     let state = match (due, stored) {
-        (None, Some(state)) => state,
+        (None, Some(state)) => return Ok((state, false)),
         (reason, previous) => {
             let next = render::rotate(pool, previous.as_ref(), at);
             ctx.metrics.turn_rotations.inc();
@@ -130,15 +163,32 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
             next
         }
     };
-    // Applied every round: a no-op unless the rotation or the managed spec changed it.
+    Ok((state, true))
+}
+
+/// Step 2: the Secret, and for a managed pool the coturn Deployment and Service, applied
+/// (a no-op unless the rotation or the spec changed them); children no longer wanted are
+/// deleted. `Ok(Err(problem))` when the API server refuses the spec's Service.
+async fn apply_children(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+    state: &render::SecretState,
+) -> Result<Result<(), String>, Error> {
+    let client = &ctx.client;
+    let name = pool.name_any();
     let mut wanted = Children::of(pool)?;
     wanted
-        .apply(&secrets, &secret_name, &render::secret(pool, &state))
+        .apply(
+            &Api::<Secret>::namespaced(client.clone(), ns),
+            &render::secret_name(&name),
+            &render::secret(pool, state),
+        )
         .await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let services = Api::<Service>::namespaced(client.clone(), ns);
     if let Some(managed) = &pool.spec.managed {
-        let checksum = render::secret_checksum(&state);
+        let checksum = render::secret_checksum(state);
         let coturn = render::coturn_name(&name);
         wanted
             .apply(
@@ -157,42 +207,29 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
                 } else {
                     "fix spec.managed"
                 };
-                let problem = format!("the coturn Service was refused: {}; {hint}", e.message);
-                return stall(pool, ctx, &ns, &current, problem).await;
+                return Ok(Err(format!(
+                    "the coturn Service was refused: {}; {hint}",
+                    e.message
+                )));
             }
             other => other?,
         }
     }
     prune(pool, ctx, &wanted, &deployments, &services).await?;
-    let next_rotation = render::next_rotation(pool, &state);
-    let until_rotation = next_rotation
-        .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
-    let requeue = |d: Duration| {
-        Action::requeue(
-            until_rotation
-                .map_or(d, |r| d.min(r))
-                .max(Duration::from_millis(100)),
-        )
-    };
+    Ok(Ok(()))
+}
 
-    // Probes, once per interval (a status write wakes the controller; it must not probe).
-    let interval = seconds(pool.spec.health_check.interval_seconds);
-    let wait = ctx.probe_wait(&object_key(pool), generation, interval);
-    if due.is_none() && !wait.is_zero() {
-        return Ok(requeue(wait));
-    }
-    ctx.probed(&object_key(pool), generation);
-    let timeout = seconds(pool.spec.health_check.timeout_seconds);
-    // Signed like the credentials clients get now, so a probe fails exactly when they would.
-    let credential = credentials::mint(
-        render::signing_secret(&state, Timestamp::now()).as_bytes(),
-        PROBE_USER,
-        PROBE_CREDENTIAL_TTL,
-        credentials::now_unix(),
-    );
-    // Managed pods are probed one by one, each at its node's address.
+/// Step 3: every server probed (a STUN Binding per transport and a TURN Allocate) with a
+/// credential signed like the ones clients get now, so a probe fails exactly when they
+/// would. A managed pool's servers are its pods, each at its node's address.
+async fn probe(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+    state: &render::SecretState,
+) -> Result<Vec<(TurnServer, probe::Report)>, Error> {
     let pods = if render::probes_pods(pool) {
-        Api::<Pod>::namespaced(client.clone(), &ns)
+        Api::<Pod>::namespaced(ctx.client.clone(), ns)
             .list(&ListParams::default().labels(&render::coturn_selector(pool)))
             .await?
             .items
@@ -200,6 +237,13 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         Vec::new()
     };
     let servers = render::servers(pool, &pods);
+    let timeout = seconds(pool.spec.health_check.timeout_seconds);
+    let credential = credentials::mint(
+        render::signing_secret(state, Timestamp::now()).as_bytes(),
+        PROBE_USER,
+        PROBE_CREDENTIAL_TTL,
+        credentials::now_unix(),
+    );
     let reports = join_all(servers.iter().map(|s| {
         let transports: Vec<probe::Transport> =
             s.transports.iter().map(|t| probe_transport(*t)).collect();
@@ -217,16 +261,26 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         }
     }))
     .await;
-    let probed_at = now();
-    let mut statuses = Vec::with_capacity(servers.len());
-    for (server, report) in servers.iter().zip(&reports) {
+    Ok(servers.into_iter().zip(reports).collect())
+}
+
+/// Step 4: each server's health after its probe (metrics, and an Event on a transition).
+async fn record_health(
+    pool: &TurnPool,
+    ctx: &Context,
+    current: &TurnPoolStatus,
+    probed: &[(TurnServer, probe::Report)],
+    probed_at: &Time,
+) -> Vec<ServerStatus> {
+    let mut statuses = Vec::with_capacity(probed.len());
+    for (server, report) in probed {
         ctx.metrics
             .turn_probes
             .get_or_create(&ResultLabel {
                 result: if report.ok { "healthy" } else { "failed" },
             })
             .inc();
-        let before = status::previous(&current, server);
+        let before = status::previous(current, server);
         let after =
             status::next_server_status(before, server, report, thresholds(pool), probed_at.clone());
         if before.is_some_and(|b| b.healthy != after.healthy)
@@ -259,6 +313,20 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         }
         statuses.push(after);
     }
+    statuses
+}
+
+/// Step 5: the status — every server, the counts, the rotation times, the conditions.
+async fn write_status(
+    pool: &TurnPool,
+    ctx: &Context,
+    ns: &str,
+    current: &TurnPoolStatus,
+    statuses: Vec<ServerStatus>,
+    state: &render::SecretState,
+    next_rotation: Option<Timestamp>,
+) -> Result<(), Error> {
+    let generation = pool.metadata.generation;
     let healthy = statuses.iter().filter(|s| s.healthy).count();
     let status = TurnPoolStatus {
         conditions: merge_conditions(
@@ -273,10 +341,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
         last_rotation_time: Some(Time(state.rotated_at)),
         next_rotation_time: next_rotation.map(Time),
     };
-    patch_status(pool, ctx, &ns, &status).await?;
-    Ok(requeue(
-        interval.saturating_sub(probed_at_elapsed(&probed_at)),
-    ))
+    patch_status(pool, ctx, ns, &status).await
 }
 
 /// Reports a spec the operator cannot act on: `Stalled`, not `Ready`, one Warning Event
