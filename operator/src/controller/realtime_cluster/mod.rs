@@ -48,38 +48,21 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
     let ns = rc
         .namespace()
         .ok_or_else(|| Error::Invalid("RealtimeCluster must be namespaced".into()))?;
-    let generation = rc.metadata.generation;
-
     if let Some((reason, message)) = decide::unsupported(rc) {
         // Only a spec change helps; the cluster's own watch brings that.
         stall(rc, ctx, &ns, reason, message, None).await?;
         return Ok(Action::await_change());
     }
-
     // Every cluster the operator sees, for the topic-conflict check. The cache fills
     // before the first reconcile; it is only gone when the controller stops.
     if ctx.clusters.wait_until_ready().await.is_err() {
         return Ok(Action::await_change());
     }
     if let Some(lost) = conflict::find(rc, &ctx.clusters.state()) {
-        apply::stop_data_plane(rc, ctx, &ns).await?;
-        let (gateway, persister) = apply::deployments(rc, ctx, &ns).await?;
-        let stopped = |d: Option<&Deployment>| decide::rollout(0, d).0;
-        let components = (stopped(gateway.as_ref()), stopped(persister.as_ref()));
-        let message = lost.message();
-        stall(
-            rc,
-            ctx,
-            &ns,
-            REASON_TOPIC_CONFLICT,
-            message,
-            Some(components),
-        )
-        .await?;
+        stop_for_conflict(rc, ctx, &ns, &lost).await?;
         // Changes of other clusters bring this one back (see `run`).
         return Ok(Action::requeue(RESYNC));
     }
-
     let checksum = match references::resolve(rc, ctx, &ns).await? {
         References::Missing(message) => {
             stall(rc, ctx, &ns, REASON_MISSING_REFERENCE, message, None).await?;
@@ -90,8 +73,44 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
     };
     let wanted = apply::children(rc, ctx, &ns, &checksum).await?;
     apply::prune(rc, ctx, &ns, &wanted).await?;
+    report_rollout(rc, ctx, &ns, &checksum).await?;
+    Ok(Action::requeue(RESYNC))
+}
 
-    let (gateway, persister) = apply::deployments(rc, ctx, &ns).await?;
+/// A cluster that lost a topic conflict: its data plane scaled to 0, `Stalled` saying
+/// which cluster and topic it conflicts with.
+async fn stop_for_conflict(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    lost: &conflict::Conflict,
+) -> Result<(), Error> {
+    apply::stop_data_plane(rc, ctx, ns).await?;
+    let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
+    let stopped = |d: Option<&Deployment>| decide::rollout(0, d).0;
+    let components = (stopped(gateway.as_ref()), stopped(persister.as_ref()));
+    stall(
+        rc,
+        ctx,
+        ns,
+        REASON_TOPIC_CONFLICT,
+        lost.message(),
+        Some(components),
+    )
+    .await
+}
+
+/// The rollout of both Deployments in status (replicas, `Ready`/`Reconciling`, the
+/// endpoint, the configuration checksum), with an Event when the cluster recovers from a
+/// stall and when a configuration change rolls the pods.
+async fn report_rollout(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    checksum: &str,
+) -> Result<(), Error> {
+    let generation = rc.metadata.generation;
+    let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
     let (gateway, gateway_waits) = decide::rollout(rc.spec.gateway.replicas, gateway.as_ref());
     let (persister, persister_waits) =
         decide::rollout(rc.spec.persister.replicas, persister.as_ref());
@@ -100,7 +119,7 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
         (&persister, persister_waits.as_deref()),
         generation,
     );
-    let replaced = update_status(rc, ctx, &ns, |current| RealtimeClusterStatus {
+    let replaced = update_status(rc, ctx, ns, |current| RealtimeClusterStatus {
         conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
         observed_generation: generation,
         endpoints: Some(Endpoints {
@@ -109,11 +128,11 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
         }),
         gateway: Some(gateway.clone()),
         persister: Some(persister.clone()),
-        config_checksum: Some(checksum.clone()),
+        config_checksum: Some(checksum.to_owned()),
     })
     .await?;
     let Some(previous) = replaced else {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(());
     };
     if is_true(&previous.conditions, STALLED) {
         publish(
@@ -141,7 +160,7 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
         )
         .await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(())
 }
 
 /// Reports that the cluster cannot go on: `Stalled` with `reason`, not `Ready`, and one
