@@ -51,6 +51,31 @@ pub mod condition {
     pub const REASON_TOPIC_CONFLICT: &str = "TopicConflict";
     /// The spec asks for something the operator cannot do yet (e.g. JWKS).
     pub const REASON_UNSUPPORTED: &str = "Unsupported";
+
+    /// TurnPool: no managed coturn pod has an address yet.
+    pub const REASON_NO_SERVERS: &str = "NoServers";
+    /// TurnPool: none of its servers is healthy.
+    pub const REASON_NO_HEALTHY_SERVERS: &str = "NoHealthyServers";
+    /// TurnPool: fewer healthy servers than `minHealthyServers`.
+    pub const REASON_NOT_ENOUGH_HEALTHY_SERVERS: &str = "NotEnoughHealthyServers";
+    /// TurnPool: every server is healthy (`Degraded=False`).
+    pub const REASON_ALL_HEALTHY: &str = "AllHealthy";
+    /// TurnPool: some servers are unhealthy (`Degraded=True`).
+    pub const REASON_SERVERS_UNHEALTHY: &str = "ServersUnhealthy";
+}
+
+/// Event reasons, in one place as the condition reasons are.
+pub mod event {
+    /// A RealtimeCluster is no longer stalled.
+    pub const RECOVERED: &str = "Recovered";
+    /// A RealtimeCluster's configuration or a referenced Secret changed: its pods roll.
+    pub const CONFIG_CHANGED: &str = "ConfigChanged";
+    /// A TurnPool's shared secret was created or rotated.
+    pub const SECRET_ROTATED: &str = "SecretRotated";
+    /// A TurnPool server became healthy.
+    pub const SERVER_HEALTHY: &str = "ServerHealthy";
+    /// A TurnPool server became unhealthy.
+    pub const SERVER_UNHEALTHY: &str = "ServerUnhealthy";
 }
 
 /// A condition with `lastTransitionTime` left for [`merge_conditions`] to decide.

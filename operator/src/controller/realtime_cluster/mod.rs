@@ -139,7 +139,7 @@ async fn report_rollout(
             ctx,
             rc,
             EventType::Normal,
-            "Recovered",
+            crate::crd::event::RECOVERED,
             "Reconcile",
             "nothing blocks the cluster any more; children applied".into(),
         )
@@ -154,7 +154,7 @@ async fn report_rollout(
             ctx,
             rc,
             EventType::Normal,
-            "ConfigChanged",
+            crate::crd::event::CONFIG_CHANGED,
             "RollPods",
             "configuration or a referenced Secret changed; rolling the pods".into(),
         )

@@ -31,6 +31,7 @@ use realtime_turn::probe;
 use super::children::{Children, announce_pruned, describe};
 use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
+use crate::crd::event;
 use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
 use crate::metrics::ResultLabel;
 use crate::render::turn_pool as render;
@@ -153,7 +154,7 @@ async fn ensure_secret(
                 ctx,
                 pool,
                 EventType::Normal,
-                "SecretRotated",
+                event::SECRET_ROTATED,
                 "Rotate",
                 format!(
                     "shared secret in Secret {secret_name} {why}; the previous secret stays accepted until the credentials it signed expire"
@@ -287,9 +288,9 @@ async fn record_health(
             || (before.is_none() && !after.healthy)
         {
             let (type_, reason) = if after.healthy {
-                (EventType::Normal, "ServerHealthy")
+                (EventType::Normal, event::SERVER_HEALTHY)
             } else {
-                (EventType::Warning, "ServerUnhealthy")
+                (EventType::Warning, event::SERVER_UNHEALTHY)
             };
             publish(
                 ctx,

@@ -82,7 +82,7 @@ pub fn pool_conditions(
         condition(
             READY,
             false,
-            "NoServers",
+            REASON_NO_SERVERS,
             format!(
                 "no coturn pod has an address yet: pods pending or not scheduled (host network: one pod per node; see Deployment {}-coturn)",
                 pool.metadata.name.as_deref().unwrap_or_default()
@@ -101,7 +101,7 @@ pub fn pool_conditions(
         condition(
             READY,
             false,
-            "NoHealthyServers",
+            REASON_NO_HEALTHY_SERVERS,
             format!("none of {total} servers is healthy: clients get no ICE servers"),
             generation,
         )
@@ -109,7 +109,7 @@ pub fn pool_conditions(
         condition(
             READY,
             false,
-            "NotEnoughHealthyServers",
+            REASON_NOT_ENOUGH_HEALTHY_SERVERS,
             format!("{healthy} of {total} servers healthy; {needed} needed"),
             generation,
         )
@@ -118,7 +118,7 @@ pub fn pool_conditions(
         condition(
             DEGRADED,
             false,
-            "NoServers",
+            REASON_NO_SERVERS,
             "no server to probe yet".to_owned(),
             generation,
         )
@@ -126,7 +126,7 @@ pub fn pool_conditions(
         condition(
             DEGRADED,
             false,
-            "AllHealthy",
+            REASON_ALL_HEALTHY,
             format!("all {total} servers healthy"),
             generation,
         )
@@ -134,7 +134,7 @@ pub fn pool_conditions(
         condition(
             DEGRADED,
             true,
-            "ServersUnhealthy",
+            REASON_SERVERS_UNHEALTHY,
             format!("unhealthy: {}", unhealthy.join("; ")),
             generation,
         )
