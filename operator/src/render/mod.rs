@@ -159,17 +159,42 @@ fn http_probe(path: &str, initial_delay: i32) -> Probe {
     }
 }
 
-/// Deployment of one role (`gateway` or `persister`).
-pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deployment {
+/// A data-plane component: one Deployment each, running the `realtime` binary in the
+/// role of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Gateway,
+    Persister,
+}
+
+impl Component {
+    pub const ALL: [Self; 2] = [Self::Gateway, Self::Persister];
+
+    /// The data plane's `ROLE` and the `app.kubernetes.io/component` label.
+    pub fn role(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Persister => "persister",
+        }
+    }
+
+    /// The component's Deployment name.
+    pub fn deployment_name(self, cluster: &str) -> String {
+        match self {
+            Self::Gateway => gateway_name(cluster),
+            Self::Persister => persister_name(cluster),
+        }
+    }
+}
+
+/// Deployment of one component.
+pub fn deployment(rc: &RealtimeCluster, component: Component, checksum: &str) -> Deployment {
     let name = rc.name_any();
-    let (dep_name, replicas, resources) = match role {
-        "gateway" => (
-            gateway_name(&name),
-            rc.spec.gateway.replicas,
-            rc.spec.gateway.resources.clone(),
-        ),
-        _ => (
-            persister_name(&name),
+    let role = component.role();
+    let dep_name = component.deployment_name(&name);
+    let (replicas, resources) = match component {
+        Component::Gateway => (rc.spec.gateway.replicas, rc.spec.gateway.resources.clone()),
+        Component::Persister => (
             rc.spec.persister.replicas,
             rc.spec.persister.resources.clone(),
         ),
@@ -219,7 +244,9 @@ pub fn deployment(rc: &RealtimeCluster, role: &str, checksum: &str) -> Deploymen
     let pod = PodSpec {
         service_account_name: Some(name.clone()),
         // Only a gateway following a TurnPool talks to the API server.
-        automount_service_account_token: Some(role == "gateway" && rc.spec.turn_pool_ref.is_some()),
+        automount_service_account_token: Some(
+            component == Component::Gateway && rc.spec.turn_pool_ref.is_some(),
+        ),
         // Long enough for the data plane's own drain (SHUTDOWN_GRACE_SECONDS).
         termination_grace_period_seconds: Some(30),
         security_context: Some(pod_security(65532)),
@@ -392,7 +419,7 @@ mod tests {
 
     #[test]
     fn deployments_are_owned_checksummed_and_locked_down() {
-        let d = deployment(&cluster(), "gateway", "abc");
+        let d = deployment(&cluster(), Component::Gateway, "abc");
         assert_eq!(d.metadata.name.as_deref(), Some("chat-gateway"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
@@ -425,7 +452,7 @@ mod tests {
             "secrets come from secretKeyRef, never inline"
         );
         assert_eq!(
-            deployment(&cluster(), "persister", "abc")
+            deployment(&cluster(), Component::Persister, "abc")
                 .spec
                 .unwrap()
                 .replicas,

@@ -57,7 +57,7 @@ pub fn turn_reader_role(rc: &RealtimeCluster) -> Option<(Role, RoleBinding)> {
 mod tests {
     use super::*;
     use crate::render::tests::cluster;
-    use crate::render::{config_data, deployment};
+    use crate::render::{Component, config_data, deployment};
 
     #[test]
     fn a_turn_pool_reference_gives_the_gateway_read_access_to_exactly_that_pool() {
@@ -73,7 +73,7 @@ mod tests {
                 .unwrap()
                 .automount_service_account_token
         };
-        assert_eq!(pod(&plain, "gateway"), Some(false));
+        assert_eq!(pod(&plain, Component::Gateway), Some(false));
 
         let mut rc = cluster();
         rc.spec.turn_pool_ref = Some(crate::crd::LocalRef {
@@ -82,8 +82,8 @@ mod tests {
         let env = config_data(&rc);
         assert_eq!(env["TURN_POOL"], "edge");
         assert_eq!(env["TURN_POOL_NAMESPACE"], "ns");
-        assert_eq!(pod(&rc, "gateway"), Some(true));
-        assert_eq!(pod(&rc, "persister"), Some(false));
+        assert_eq!(pod(&rc, Component::Gateway), Some(true));
+        assert_eq!(pod(&rc, Component::Persister), Some(false));
         let (role, binding) = turn_reader_role(&rc).unwrap();
         let rules = role.rules.unwrap();
         assert_eq!(

@@ -57,15 +57,12 @@ pub async fn children(
             .await?;
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for (dep_name, role) in [
-        (render::gateway_name(&name), "gateway"),
-        (render::persister_name(&name), "persister"),
-    ] {
+    for component in render::Component::ALL {
         wanted
             .apply(
                 &deployments,
-                &dep_name,
-                &render::deployment(rc, role, checksum),
+                &component.deployment_name(&name),
+                &render::deployment(rc, component, checksum),
             )
             .await?;
     }
