@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::chat::delivery::Delivery;
+use crate::chat::{self, Chat};
 use crate::config::Config;
 use crate::delivery::{Ledger, Timing};
 use crate::gateway::{self, Gateway};
@@ -103,21 +104,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
         let delivery = Delivery {
             ledger: Ledger::new(redis.clone(), delivery_timing(&cfg)),
-            sequencer: sequencer.clone(),
+            sequencer,
             producer: producer.clone(),
             store: store.clone(),
             recent: recent.clone(),
             metrics: metrics.clone(),
             topic: cfg.kafka.message_topic.clone(),
         };
-        let gw = Arc::new(Gateway {
-            verifier,
+        let chat = Chat {
+            settings: chat::Settings::from_config(&cfg),
             store: store.clone(),
-            redis: redis.clone(),
             rate: RateLimiter::new(redis.clone(), cfg.limits.rate_per_second, cfg.limits.burst),
-            sequencer,
             delivery,
-            metrics: metrics.clone(),
             access: AccessCache::new(redis.clone(), store.clone(), cfg.room_authz_cache_ttl),
             rooms: RoomState::new(
                 redis.clone(),
@@ -125,16 +123,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.room_state_ttl(),
                 Duration::from_millis(cfg.rooms.presence_heartbeat_ms),
             ),
-            recent,
+            metrics: metrics.clone(),
+        };
+        let gw = Arc::new(Gateway {
+            verifier,
+            chat,
+            metrics: metrics.clone(),
             ice: crate::ice::IceProvider::start(&cfg.turn, cancel.clone()).await?,
             cfg: cfg.clone(),
         });
-        gw.rooms
+        gw.chat
+            .rooms
             .beat()
             .await
             .context("cannot write the gateway heartbeat to Redis")?;
         tasks.spawn({
-            let (rooms, cancel) = (gw.rooms.clone(), cancel.clone());
+            let (rooms, cancel) = (gw.chat.rooms.clone(), cancel.clone());
             async move {
                 rooms.run_heartbeat(cancel).await;
                 Ok(())

@@ -612,7 +612,7 @@ mod tests {
             seq: 0,
             sender_id: "u".into(),
             client_message_id: "k".into(),
-            content: crate::protocol::Content::Text { text: "x".into() },
+            content: crate::model::Content::Text { text: "x".into() },
             created_at_ms: 1,
         };
         let json = serde_json::to_string(&r).unwrap();

@@ -77,6 +77,12 @@ impl ClientError {
         }
     }
 
+    /// The same error, telling the client when to try again.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+
     pub fn unavailable(what: &str) -> Self {
         Self::new(
             ErrorCode::Unavailable,

@@ -24,6 +24,7 @@ pub mod ice;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;
+pub mod model;
 pub mod persister;
 pub mod protocol;
 pub mod rate_limit;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::error::{ClientError, ErrorCode};
+pub use crate::model::{Content, Message, Role};
 
 /// Longest identifier (tenant, user, conversation, client message id) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -79,13 +80,6 @@ impl RoomRequest {
         validate_id("conversationId", &req.conversation_id)?;
         Ok(req)
     }
-}
-
-/// Message content. Only text exists today; the `type` tag leaves room for more.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Content {
-    Text { text: String },
 }
 
 #[derive(Deserialize)]
@@ -223,7 +217,7 @@ impl ModerationRequest {
 pub struct RoleRequest {
     pub conversation_id: String,
     pub user_id: String,
-    pub role: crate::rooms::permissions::Role,
+    pub role: Role,
 }
 
 impl RoleRequest {
@@ -238,7 +232,7 @@ impl RoleRequest {
         let raw: Raw = decode("room:role", payload)?;
         validate_id("conversationId", &raw.conversation_id)?;
         validate_id("userId", &raw.user_id)?;
-        let role = crate::rooms::permissions::Role::parse(&raw.role).ok_or_else(|| {
+        let role = Role::parse(&raw.role).ok_or_else(|| {
             invalid(format!(
                 "role {:?} is not one of owner, admin, moderator, member",
                 raw.role
@@ -287,8 +281,8 @@ impl ChatRecord {
         format!("{}:{}", self.tenant_id, self.conversation_id)
     }
 
-    pub fn to_wire(&self) -> WireMessage {
-        WireMessage {
+    pub fn to_message(&self) -> Message {
+        Message {
             message_id: self.message_id.clone(),
             conversation_id: self.conversation_id.clone(),
             seq: self.seq,
@@ -298,20 +292,6 @@ impl ChatRecord {
             created_at: self.created_at_ms,
         }
     }
-}
-
-/// A message as clients see it (`message:new`, history pages).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireMessage {
-    pub message_id: String,
-    pub conversation_id: String,
-    pub seq: u64,
-    pub sender_id: String,
-    pub client_message_id: String,
-    pub content: Content,
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
 }
 
 /// What the persister did with a message.
@@ -569,7 +549,7 @@ mod tests {
         let bytes = serde_json::to_vec(&r).unwrap();
         assert_eq!(serde_json::from_slice::<ChatRecord>(&bytes).unwrap(), r);
         assert_eq!(r.key(), "t:c");
-        let wire = serde_json::to_value(r.to_wire()).unwrap();
+        let wire = serde_json::to_value(r.to_message()).unwrap();
         assert_eq!(wire["messageId"], "m");
         assert_eq!(wire["content"], json!({"type": "text", "text": "hi"}));
     }
@@ -610,7 +590,7 @@ mod tests {
             &json!({"conversationId": "c", "userId": "u", "role": "moderator"}),
         ))
         .unwrap();
-        assert_eq!(r.role, crate::rooms::permissions::Role::Moderator);
+        assert_eq!(r.role, Role::Moderator);
         let err = RoleRequest::parse(Some(
             &json!({"conversationId": "c", "userId": "u", "role": "god"}),
         ))

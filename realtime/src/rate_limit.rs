@@ -3,6 +3,9 @@
 //! in-process buckets per [`EventClass`] (Centrifugo's per-connection budgets are the
 //! model), so one connection cannot flood a gateway with reads.
 //!
+//! Beside them, [`RateLimiter::throttle`]: at most one event per interval per key (the
+//! typing indicator's "one per conversation per `TYPING_THROTTLE_MS`").
+//!
 //! The Redis buckets are refilled lazily by a Lua script using the Redis server's clock,
 //! which keeps gateways with skewed clocks consistent.
 
@@ -34,6 +37,13 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, retry}
 "#;
 
+/// One event per window: the first sets the key for the window, later ones learn how long
+/// it has left.
+const THROTTLE: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return -1 end
+return redis.call('PTTL', KEYS[1])
+"#;
+
 /// Outcome of one take from the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -48,6 +58,7 @@ pub enum Decision {
 pub struct RateLimiter {
     redis: ConnectionManager,
     script: Script,
+    throttle: Script,
     rate_per_second: f64,
     burst: u32,
 }
@@ -57,6 +68,7 @@ impl RateLimiter {
         Self {
             redis,
             script: Script::new(BUCKET),
+            throttle: Script::new(THROTTLE),
             rate_per_second,
             burst,
         }
@@ -81,6 +93,24 @@ impl RateLimiter {
             rate.burst,
         )
         .await
+    }
+
+    /// Allows one event per `window` for `key` (on every gateway).
+    pub async fn throttle(&self, key: String, window: std::time::Duration) -> Result<Decision> {
+        let mut conn = self.redis.clone();
+        let left: i64 = self
+            .throttle
+            .key(key)
+            .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if left < 0 {
+            Decision::Allowed
+        } else {
+            Decision::Limited {
+                retry_after_ms: u64::try_from(left).unwrap_or(0),
+            }
+        })
     }
 
     async fn take(&self, key: String, rate_per_second: f64, burst: u32) -> Result<Decision> {

@@ -2,7 +2,7 @@
 //! sweeper's retries and failures, and persistence confirmations.
 //!
 //! Knows nothing of Socket.IO: every operation returns what it decided plus the
-//! [`Emit`]s the transport must perform. The state machine itself is the ledger's
+//! [`Emit`](super::Emit)s the transport must perform. The state machine itself is the ledger's
 //! (`delivery`); this module adds the broker, the recovery window and MongoDB's fence.
 //!
 //! The rules that make "acknowledged means stored exactly once" hold:
@@ -20,33 +20,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::Emit;
 use crate::delivery::{Accepted, Allocation, Confirmation, Due, Ledger, State, Status, TakeOver};
 use crate::error::{ClientError, Error, ErrorCode};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatRecord, Outcome, PersistOutcome, Persisted, PersistenceEvent, WireMessage, now_ms,
+    ChatRecord, Message, Outcome, PersistOutcome, Persisted, PersistenceEvent, now_ms,
 };
 use crate::rooms::recent::RecentMessages;
 use crate::sequence::Sequencer;
 use crate::store::{Fence, Store};
-
-/// Something the transport must send.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Emit {
-    /// `message:new` to the members of the message's conversation.
-    NewMessage {
-        tenant: String,
-        message: WireMessage,
-    },
-    /// An event to every socket of one user.
-    ToUser {
-        tenant: String,
-        user: String,
-        event: &'static str,
-        payload: serde_json::Value,
-    },
-}
 
 /// A send (or resend) that the broker has.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +42,7 @@ pub struct Sent {
     pub state: State,
     /// The message, when this send is the first to know it is durable: the transport
     /// broadcasts it.
-    pub announce: Option<WireMessage>,
+    pub announce: Option<Message>,
 }
 
 /// A send that is not (yet) on the broker, with the message's id and number when it has
@@ -274,8 +258,8 @@ impl Delivery {
     }
 
     /// Adds a message that just became durable to the recovery window.
-    async fn remember(&self, record: &ChatRecord) -> WireMessage {
-        let wire = record.to_wire();
+    async fn remember(&self, record: &ChatRecord) -> Message {
+        let wire = record.to_message();
         if let Err(e) = self.recent.remember(&record.tenant_id, &wire).await {
             // The message is durable in the broker; recovery falls back to MongoDB.
             tracing::warn!(error = %e, "recording the message for recovery failed");
@@ -460,7 +444,7 @@ fn event_record(e: &PersistenceEvent) -> ChatRecord {
         seq: e.seq,
         sender_id: e.sender_id.clone(),
         client_message_id: e.client_message_id.clone(),
-        content: crate::protocol::Content::Text {
+        content: crate::model::Content::Text {
             text: String::new(),
         },
         created_at_ms: e.persisted_at_ms,

@@ -19,51 +19,17 @@ use socketioxide::adapter::Adapter;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{CHAT_NAMESPACE, Shared};
+use super::Shared;
+use super::emit::from_server as perform;
 use crate::backoff::Backoff;
-use crate::chat::delivery::Emit;
 use crate::error::Result;
 use crate::kafka;
-use crate::keys;
 use crate::protocol::PersistenceEvent;
 
 /// Confirmations handled at once by one gateway.
 const MAX_INFLIGHT: u32 = 256;
 /// Overdue records one gateway works on at once (each may be a produce in flight).
 const SWEEP_INFLIGHT: u32 = 512;
-
-/// Performs the emits a use case returned.
-pub async fn perform<A: Adapter>(io: &SocketIo<A>, emits: Vec<Emit>) {
-    let Some(ns) = io.of(CHAT_NAMESPACE) else {
-        return;
-    };
-    for emit in emits {
-        let (room, event, sent) = match &emit {
-            Emit::NewMessage { tenant, message } => {
-                let room = keys::conversation_room(tenant, &message.conversation_id);
-                let sent = ns
-                    .clone()
-                    .to(room.clone())
-                    .emit("message:new", message)
-                    .await;
-                (room, "message:new", sent)
-            }
-            Emit::ToUser {
-                tenant,
-                user,
-                event,
-                payload,
-            } => {
-                let room = keys::user_room(tenant, user);
-                let sent = ns.clone().to(room.clone()).emit(*event, payload).await;
-                (room, *event, sent)
-            }
-        };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, event, %room, "emit failed");
-        }
-    }
-}
 
 /// The group (after `KAFKA_GROUP_PREFIX`) the gateways share for persistence events.
 pub const CONFIRMATIONS_GROUP: &str = "gateway-confirmations";
@@ -115,7 +81,7 @@ pub async fn run_confirmations<A: Adapter>(
                     };
                     let (gw, io) = (gw.clone(), io.clone());
                     tokio::spawn(async move {
-                        match gw.delivery.on_persistence_event(&event).await {
+                        match gw.chat.delivery.on_persistence_event(&event).await {
                             Ok(emits) => perform(&io, emits).await,
                             Err(e) => {
                                 tracing::warn!(error = %e, message_id = %event.message_id, "confirmation failed");
@@ -169,7 +135,7 @@ pub async fn run_sweeper<A: Adapter>(gw: Shared, io: SocketIo<A>, cancel: Cancel
         }
         if sampled.elapsed() >= Duration::from_secs(1) {
             sampled = tokio::time::Instant::now();
-            if let Ok(n) = gw.delivery.ledger.unresolved().await {
+            if let Ok(n) = gw.chat.delivery.ledger.unresolved().await {
                 gw.metrics
                     .delivery_unresolved
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -179,7 +145,7 @@ pub async fn run_sweeper<A: Adapter>(gw: Shared, io: SocketIo<A>, cancel: Cancel
         if free == 0 {
             continue;
         }
-        let claimed = match gw.delivery.ledger.claim_due(free.min(256)).await {
+        let claimed = match gw.chat.delivery.ledger.claim_due(free.min(256)).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming overdue messages failed");
@@ -192,7 +158,7 @@ pub async fn run_sweeper<A: Adapter>(gw: Shared, io: SocketIo<A>, cancel: Cancel
             };
             let (gw, io) = (gw.clone(), io.clone());
             tokio::spawn(async move {
-                match gw.delivery.on_due(due).await {
+                match gw.chat.delivery.on_due(due).await {
                     Ok(emits) => perform(&io, emits).await,
                     // The record keeps its place in the schedule; the next claim retries.
                     Err(e) => {

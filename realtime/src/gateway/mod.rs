@@ -1,10 +1,11 @@
-//! The Socket.IO gateway: the `/chat` namespace, its handshake and its events.
-//!
-//! A handler here validates, authorizes and sequences; it never writes messages to MongoDB
-//! (that is the persister's job; moderation writes its own records) and never acks a
-//! message before the broker has acknowledged it.
+//! The Socket.IO transport of `/chat` and `/webrtc`: the handshake, each event's
+//! admission (the connection's budget), its payload parsed, the connection's own state
+//! (which rooms this socket is in), the ack reply and performing the emits. What an event
+//! does is the chat service's (`chat::Chat`); nothing here touches Redis, MongoDB or the
+//! broker.
 
 mod confirm;
+mod emit;
 mod moderation;
 mod reply;
 mod rooms;
@@ -12,27 +13,24 @@ mod rooms;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 
-pub use confirm::{CONFIRMATIONS_GROUP, perform, run_confirmations, run_sweeper};
+pub use confirm::{CONFIRMATIONS_GROUP, run_confirmations, run_sweeper};
+pub use emit::from_server as perform;
 use reply::Reply;
 
 use crate::auth::{self, Identity, Verifier};
-use crate::chat::delivery::{Delivery, SendError, Sent};
+use crate::chat::Chat;
+use crate::chat::delivery::SendError;
+use crate::chat::replies::MessageRef;
 use crate::config::Config;
-use crate::error::{ClientError, Error, ErrorCode};
+use crate::error::{ClientError, ErrorCode};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRecord, HistoryRequest, SendRequest, StatusRequest, now_ms};
-use crate::rate_limit::{ConnectionBudget, Decision, EventClass, RateLimiter};
-use crate::rooms::access::{Access, AccessCache};
-use crate::rooms::recent::RecentMessages;
-use crate::rooms::state::RoomState;
-use crate::sequence::Sequencer;
-use crate::store::Store;
+use crate::protocol::{HistoryRequest, SendRequest, StatusRequest};
+use crate::rate_limit::{ConnectionBudget, EventClass};
 
 pub const CHAT_NAMESPACE: &str = "/chat";
 pub const WEBRTC_NAMESPACE: &str = "/webrtc";
@@ -41,15 +39,8 @@ pub const WEBRTC_NAMESPACE: &str = "/webrtc";
 pub struct Gateway {
     pub cfg: Config,
     pub verifier: Verifier,
-    pub store: Store,
-    pub redis: ConnectionManager,
-    pub rate: RateLimiter,
-    pub sequencer: Sequencer,
-    pub delivery: Delivery,
+    pub chat: Chat,
     pub metrics: Arc<Metrics>,
-    pub access: AccessCache,
-    pub rooms: RoomState,
-    pub recent: RecentMessages,
     pub ice: crate::ice::IceProvider,
 }
 
@@ -179,42 +170,32 @@ async fn on_send<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let started = Instant::now();
-    match gw.accept(&s, payload(data).as_ref()).await {
-        Ok(sent) => {
+    let sent = async {
+        let id = identity(&s)?;
+        let req = SendRequest::parse(payload(data).as_ref(), gw.cfg.limits.max_message_bytes)?;
+        require_joined(&s, &id, &req.conversation_id, "sending to it")?;
+        gw.chat.send(&id, req).await
+    }
+    .await;
+    match sent {
+        Ok(answer) => {
             gw.metrics
                 .ack_latency
                 .observe(started.elapsed().as_secs_f64());
-            reply.ok(json!({
-                "messageId": sent.message_id,
-                "seq": sent.seq,
-                "duplicate": sent.duplicate,
-                "status": sent.state.as_str(),
-            }));
-            if let Some(message) = sent.announce {
-                let room = keys::conversation_room(&tenant_of(&s), &message.conversation_id);
-                if let Err(e) = s.to(room).emit("message:new", &message).await {
-                    tracing::warn!(error = %e, "broadcast of message:new failed");
-                }
-            }
+            reply.ok(&answer.reply);
+            // The broadcast cannot fail the send: the message is on the broker.
+            let _ = emit::from_socket(&s, answer.emits).await;
         }
         Err(SendError { error, message }) => {
             gw.metrics.reject(error.code);
             match message {
-                Some((id, seq)) => reply.err_with(&error, json!({"messageId": id, "seq": seq})),
+                Some((message_id, seq)) => reply.err_with(&error, &MessageRef { message_id, seq }),
                 None => reply.err(&error),
             }
         }
     }
 }
 
-/// The socket's tenant (empty when unauthenticated, which the handshake prevents).
-fn tenant_of<A: Adapter>(s: &SocketRef<A>) -> String {
-    identity(s).map(|i| i.tenant_id).unwrap_or_default()
-}
-
-/// `message:status`: where the caller's own messages stand, by `clientMessageId` — how a
-/// client that missed `message:persisted`/`message:failed` (it was offline, or reconnected
-/// to another gateway) learns the outcome of its sends.
 async fn on_status<A: Adapter>(
     s: SocketRef<A>,
     TryData(data): TryData<Value>,
@@ -222,32 +203,8 @@ async fn on_status<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = gw
-            .admitted_read(&s, data, StatusRequest::parse, |r| &r.conversation_id)
-            .await?;
-        let found = gw
-            .delivery
-            .statuses(
-                &id.tenant_id,
-                &req.conversation_id,
-                &id.user_id,
-                &req.client_message_ids,
-            )
-            .await?;
-        let messages: Vec<Value> = found
-            .into_iter()
-            .map(|m| match m.status {
-                Some(st) => json!({
-                    "clientMessageId": m.client_message_id,
-                    "status": st.state.as_str(),
-                    "messageId": st.message_id,
-                    "seq": st.seq,
-                    "reason": st.reason,
-                }),
-                None => json!({"clientMessageId": m.client_message_id, "status": "unknown"}),
-            })
-            .collect();
-        Ok(json!({"conversationId": req.conversation_id, "messages": messages}))
+        let (id, req) = gw.admit_read(&s, data, StatusRequest::parse).await?;
+        gw.chat.statuses(&id, req).await
     }
     .await;
     reply.send(result);
@@ -260,19 +217,8 @@ async fn on_history<A: Adapter>(
     State(gw): State<Shared>,
 ) {
     let result = async {
-        let (id, req) = gw
-            .admitted_read(&s, data, HistoryRequest::parse, |r| &r.conversation_id)
-            .await?;
-        let limit = req.limit();
-        // One extra row tells whether an older page exists.
-        let mut messages = gw
-            .store
-            .history(&id.tenant_id, &req.conversation_id, req.before_seq, limit + 1)
-            .await
-            .map_err(|e| gw.internal(&e))?;
-        let has_more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
-        Ok(json!({"conversationId": req.conversation_id, "messages": messages, "hasMore": has_more}))
+        let (id, req) = gw.admit_read(&s, data, HistoryRequest::parse).await?;
+        gw.chat.history(&id, req).await
     }
     .await;
     reply.send(result);
@@ -298,148 +244,21 @@ impl Gateway {
         class: EventClass,
     ) -> Result<Identity, ClientError> {
         let id = identity(s)?;
-        let limited = |scope: &str, retry_after_ms: u64| {
-            self.metrics
-                .rate_limited
-                .get_or_create(&crate::metrics::ClassLabel {
-                    class: class.as_str(),
-                })
-                .inc();
-            let mut e = ClientError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many {} events on this {scope}; retry in {retry_after_ms} ms",
-                    class.as_str()
-                ),
-            );
-            e.retry_after_ms = Some(retry_after_ms);
-            e
-        };
-        if let Some(budget) = s.extensions.get::<Arc<ConnectionBudget>>()
-            && let Decision::Limited { retry_after_ms } = budget.take(class)
-        {
-            return Err(limited("connection", retry_after_ms));
-        }
-        match self
-            .rate
-            .check_events(&id.tenant_id, &id.user_id, self.cfg.limits.user_events)
-            .await
-            .map_err(|e| self.internal(&e))?
-        {
-            Decision::Allowed => Ok(id),
-            Decision::Limited { retry_after_ms } => Err(limited("account", retry_after_ms)),
-        }
+        let budget = s.extensions.get::<Arc<ConnectionBudget>>();
+        self.chat.admit(&id, class, budget.as_deref()).await?;
+        Ok(id)
     }
 
-    /// A read event: admitted by the read budget, its payload parsed, the caller's
-    /// standing in the conversation it names checked.
-    async fn admitted_read<A: Adapter, R>(
+    /// A read event: admitted by the read budget, its payload parsed.
+    async fn admit_read<A: Adapter, R>(
         &self,
         s: &SocketRef<A>,
         data: Result<Value, impl std::fmt::Display>,
         parse: impl FnOnce(Option<&Value>) -> Result<R, ClientError>,
-        conversation: impl Fn(&R) -> &str,
     ) -> Result<(Identity, R), ClientError> {
         let id = self.admit(s, EventClass::Read).await?;
         let req = parse(payload(data).as_ref())?;
-        self.member(&id, conversation(&req)).await?;
         Ok((id, req))
-    }
-
-    /// Logs a dependency failure and turns it into what the client may see.
-    fn internal(&self, e: &Error) -> ClientError {
-        tracing::warn!(error = %e, category = e.category(), "dependency failure");
-        e.to_client()
-    }
-
-    /// The caller's standing in a conversation: a participant who is not banned.
-    async fn member(&self, id: &Identity, conversation: &str) -> Result<Access, ClientError> {
-        let (access, source) = self
-            .access
-            .get(&id.tenant_id, conversation, &id.user_id)
-            .await
-            .map_err(|e| self.internal(&e))?;
-        self.metrics.authz_lookup(source);
-        let access = access.ok_or_else(|| {
-            ClientError::new(
-                ErrorCode::Forbidden,
-                format!("you are not a participant of conversation {conversation}"),
-            )
-        })?;
-        let now = now_ms();
-        if let Some(ban) = access.banned(now) {
-            let mut e = ClientError::new(
-                ErrorCode::Banned,
-                format!(
-                    "you are banned from conversation {conversation} {}",
-                    ban.describe(now)
-                ),
-            );
-            e.retry_after_ms = ban.remaining_ms(now);
-            return Err(e);
-        }
-        Ok(access)
-    }
-
-    /// Validates, authorizes and rate-limits a message, then sends it (see
-    /// `chat::delivery`): on success the broker has it.
-    async fn accept<A: Adapter>(
-        &self,
-        s: &SocketRef<A>,
-        data: Option<&Value>,
-    ) -> Result<Sent, SendError> {
-        let id = identity(s)?;
-        let req = SendRequest::parse(data, self.cfg.limits.max_message_bytes)?;
-        require_joined(s, &id, &req.conversation_id, "sending to it")?;
-        let now = now_ms();
-        if let Some(mute) = self.member(&id, &req.conversation_id).await?.muted(now) {
-            let mut e = ClientError::new(
-                ErrorCode::Muted,
-                format!(
-                    "you are muted in conversation {} {}",
-                    req.conversation_id,
-                    mute.describe(now)
-                ),
-            );
-            e.retry_after_ms = mute.remaining_ms(now);
-            return Err(e.into());
-        }
-        match self
-            .rate
-            .check(&id.tenant_id, &id.user_id)
-            .await
-            .map_err(|e| self.internal(&e))?
-        {
-            Decision::Allowed => {}
-            Decision::Limited { retry_after_ms } => {
-                let mut e = ClientError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} messages per second; retry in {retry_after_ms} ms",
-                        self.cfg.limits.rate_per_second
-                    ),
-                );
-                e.retry_after_ms = Some(retry_after_ms);
-                return Err(e.into());
-            }
-        }
-        let SendRequest {
-            conversation_id,
-            client_message_id,
-            content,
-        } = req;
-        self.delivery
-            .send(ChatRecord {
-                tenant_id: id.tenant_id,
-                conversation_id,
-                message_id: uuid::Uuid::now_v7().to_string(),
-                seq: 0,
-                sender_id: id.user_id,
-                client_message_id,
-                content,
-                created_at_ms: now,
-            })
-            .await
     }
 
     pub fn confirmation_poll_interval(&self) -> Duration {

@@ -43,14 +43,11 @@ struct ErrorAck<'a> {
 
 impl<A: Adapter> Reply<A> {
     /// Sends `{ok: true, ...body}` to the ack callback (nothing when there is none).
-    pub fn ok(self, body: serde_json::Value) {
+    pub fn ok(self, body: &impl Serialize) {
         if !self.wants_ack {
             return;
         }
-        let mut value = serde_json::json!({"ok": true});
-        if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), body) {
-            target.extend(extra);
-        }
+        let value = merged(serde_json::json!({"ok": true}), body);
         if let Err(e) = self.ack.send(&value) {
             tracing::warn!(error = %e, "ack not delivered (socket gone or its buffer is full)");
         }
@@ -71,23 +68,34 @@ impl<A: Adapter> Reply<A> {
     }
 
     /// Sends `{ok: false, error, ...body}` to the ack callback, or an `error` event.
-    pub fn err_with(self, error: &ClientError, body: serde_json::Value) {
+    pub fn err_with(self, error: &ClientError, body: &impl Serialize) {
         if !self.wants_ack {
             return self.err(error);
         }
-        let mut value = serde_json::json!({"ok": false, "error": error});
-        if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), body) {
-            target.extend(extra);
-        }
+        let value = merged(serde_json::json!({"ok": false, "error": error}), body);
         if let Err(e) = self.ack.send(&value) {
             tracing::warn!(error = %e, code = error.code.as_str(), "error reply not delivered (socket gone or its buffer is full)");
         }
     }
 
-    pub fn send(self, result: Result<serde_json::Value, ClientError>) {
+    pub fn send(self, result: Result<impl Serialize, ClientError>) {
         match result {
-            Ok(body) => self.ok(body),
+            Ok(body) => self.ok(&body),
             Err(e) => self.err(&e),
         }
     }
+}
+
+/// `head` with the fields of `body` (an object) added.
+fn merged(mut head: serde_json::Value, body: &impl Serialize) -> serde_json::Value {
+    match serde_json::to_value(body) {
+        Ok(serde_json::Value::Object(extra)) => {
+            if let Some(target) = head.as_object_mut() {
+                target.extend(extra);
+            }
+        }
+        Ok(other) => tracing::error!(body = %other, "an ack body is not an object"),
+        Err(e) => tracing::error!(error = %e, "an ack body does not serialize"),
+    }
+    head
 }

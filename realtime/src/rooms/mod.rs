@@ -1,7 +1,6 @@
-//! Rooms: who may do what (permissions), a participant's standing (access), who is here
-//! (state/presence) and what a reconnecting client missed (recent).
+//! Rooms: a participant's cached standing (access), who is here (state/presence) and
+//! what a reconnecting client missed (recent). Who may do what is `model::permissions`.
 
 pub mod access;
-pub mod permissions;
 pub mod recent;
 pub mod state;

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 
 use crate::error::Result;
 use crate::keys;
-use crate::protocol::WireMessage;
+use crate::model::Message;
 
 #[derive(Clone)]
 pub struct RecentMessages {
@@ -44,12 +44,12 @@ pub fn plan(after_seq: u64, latest: u64, window: u32) -> Plan {
 
 /// True when `buffered` (ascending) starts right after `after_seq`, so nothing before
 /// it can be missing.
-pub fn covers(buffered: &[WireMessage], after_seq: u64) -> bool {
+pub fn covers(buffered: &[Message], after_seq: u64) -> bool {
     buffered.first().is_some_and(|m| m.seq == after_seq + 1)
 }
 
 /// Merges two ascending lists by sequence number, each message once.
-pub fn merge(mut a: Vec<WireMessage>, b: Vec<WireMessage>) -> Vec<WireMessage> {
+pub fn merge(mut a: Vec<Message>, b: Vec<Message>) -> Vec<Message> {
     a.extend(b);
     a.sort_by_key(|m| m.seq);
     a.dedup_by(|x, y| x.message_id == y.message_id);
@@ -67,7 +67,7 @@ impl RecentMessages {
 
     /// Adds an accepted message and trims the window, atomically. A message is activity:
     /// the room state's expiry is pushed back with it.
-    pub async fn remember(&self, tenant: &str, message: &WireMessage) -> Result<()> {
+    pub async fn remember(&self, tenant: &str, message: &Message) -> Result<()> {
         let conversation = &message.conversation_id;
         let key = keys::recent(tenant, conversation);
         let ttl_ms = self.ttl.as_millis().max(1) as i64;
@@ -99,7 +99,7 @@ impl RecentMessages {
         tenant: &str,
         conversation: &str,
         after_seq: u64,
-    ) -> Result<Vec<WireMessage>> {
+    ) -> Result<Vec<Message>> {
         let mut conn = self.redis.clone();
         let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(keys::recent(tenant, conversation))
@@ -120,10 +120,10 @@ impl RecentMessages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Content;
+    use crate::model::Content;
 
-    fn msg(seq: u64) -> WireMessage {
-        WireMessage {
+    fn msg(seq: u64) -> Message {
+        Message {
             message_id: format!("m{seq}"),
             conversation_id: "c".into(),
             seq,

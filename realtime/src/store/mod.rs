@@ -18,7 +18,8 @@ use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::error::{Error, Result};
-use crate::protocol::{ChatRecord, Content, WireMessage};
+use crate::model::{Content, Message};
+use crate::protocol::ChatRecord;
 
 mod rooms;
 pub use rooms::{LogEntry, MODERATION_LOG, RestrictionKind};
@@ -173,7 +174,7 @@ impl Store {
         conversation: &str,
         before_seq: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<WireMessage>> {
+    ) -> Result<Vec<Message>> {
         let mut filter = doc! {"tenant_id": tenant, "conversation_id": conversation};
         filter.extend(not_tombstone());
         if let Some(before) = before_seq {
@@ -187,7 +188,7 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        docs.iter().map(wire_from_document).collect()
+        docs.iter().map(message_from_document).collect()
     }
 
     /// True when `messages` has a unique index on `message_id`, which makes a plain
@@ -435,7 +436,7 @@ pub fn message_document(r: &ChatRecord) -> Result<Document> {
     })
 }
 
-fn wire_from_document(d: &Document) -> Result<WireMessage> {
+fn message_from_document(d: &Document) -> Result<Message> {
     let field = |name: &str| -> Result<String> {
         d.get_str(name)
             .map(str::to_owned)
@@ -443,7 +444,7 @@ fn wire_from_document(d: &Document) -> Result<WireMessage> {
     };
     let content: Content = bson::from_bson(d.get("content").cloned().unwrap_or(Bson::Null))
         .map_err(|e| Error::Other(format!("stored message content: {e}")))?;
-    Ok(WireMessage {
+    Ok(Message {
         message_id: field("message_id")?,
         conversation_id: field("conversation_id")?,
         seq: d
@@ -490,7 +491,7 @@ mod tests {
             d.get_document("content").unwrap().get_str("type").unwrap(),
             "text"
         );
-        assert_eq!(wire_from_document(&d).unwrap(), r.to_wire());
+        assert_eq!(message_from_document(&d).unwrap(), r.to_message());
     }
 
     #[test]

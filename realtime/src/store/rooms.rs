@@ -10,11 +10,11 @@ use futures::TryStreamExt;
 use mongodb::Collection;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
-use super::{MESSAGES, Store, to_i64, wire_from_document};
+use super::{MESSAGES, Store, message_from_document, to_i64};
 use crate::error::{Error, Result};
-use crate::protocol::WireMessage;
-use crate::rooms::access::{Access, Restriction};
-use crate::rooms::permissions::Role;
+use crate::model::Message;
+use crate::model::Role;
+use crate::model::{Access, Restriction};
 
 pub const MODERATION_LOG: &str = "moderation_log";
 
@@ -199,7 +199,7 @@ impl Store {
         conversation: &str,
         after_seq: u64,
         limit: u32,
-    ) -> Result<Vec<WireMessage>> {
+    ) -> Result<Vec<Message>> {
         let docs: Vec<Document> = self
             .db
             .collection::<Document>(MESSAGES)
@@ -214,7 +214,7 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        docs.iter().map(wire_from_document).collect()
+        docs.iter().map(message_from_document).collect()
     }
 }
 
