@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(realtime::app::run(cfg));
+    let result = runtime.block_on(realtime::app::run_until_signal(cfg));
     // `run` drains within SHUTDOWN_GRACE_SECONDS; a blocking call still stuck on a dead
     // broker (a commit, a flush) must not hold the exit beyond that.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -25,15 +25,19 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::Identity;
+use crate::delivery::{Ledger, Timing};
 use crate::error::{ClientError, Error, ErrorCode};
 use crate::metrics::Metrics;
 use crate::model::{Access, Message};
 use crate::protocol::now_ms;
 use crate::rate_limit::{ConnectionBudget, Decision, EventClass, Rate, RateLimiter};
 use crate::rooms::access::AccessCache;
+use crate::rooms::recent::RecentMessages;
 use crate::rooms::state::RoomState;
+use crate::sequence::Sequencer;
 use crate::store::Store;
 use delivery::Delivery;
+use redis::aio::ConnectionManager;
 
 /// Something the transport must send (or, for [`Emit::RemoveFromConversation`], do)
 /// after an operation, on every gateway through the adapter.
@@ -133,6 +137,47 @@ fn internal(e: &Error) -> ClientError {
 }
 
 impl Chat {
+    /// The service of one gateway (its room state is registered under a new gateway id).
+    pub fn new(
+        cfg: &crate::config::Config,
+        redis: &ConnectionManager,
+        store: &Store,
+        producer: Arc<crate::kafka::Producer>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let delivery = Delivery {
+            ledger: Ledger::new(redis.clone(), delivery_timing(cfg)),
+            sequencer: Sequencer::new(
+                redis.clone(),
+                store.clone(),
+                cfg.delivery.sequence_repair_gap,
+            ),
+            producer,
+            store: store.clone(),
+            recent: RecentMessages::new(
+                redis.clone(),
+                cfg.rooms.recovery_window,
+                cfg.room_state_ttl(),
+            ),
+            metrics: metrics.clone(),
+            topic: cfg.kafka.message_topic.clone(),
+        };
+        Chat {
+            settings: Settings::from_config(cfg),
+            store: store.clone(),
+            rate: RateLimiter::new(redis.clone(), cfg.limits.rate_per_second, cfg.limits.burst),
+            delivery,
+            access: AccessCache::new(redis.clone(), store.clone(), cfg.room_authz_cache_ttl),
+            rooms: RoomState::new(
+                redis.clone(),
+                uuid::Uuid::now_v7().to_string(),
+                cfg.room_state_ttl(),
+                Duration::from_millis(cfg.rooms.presence_heartbeat_ms),
+            ),
+            metrics,
+        }
+    }
+
     /// Takes one event of `class` from the connection's budget (when there is one) and
     /// the user's; refuses with `rate_limited` (and when to retry) past either.
     pub async fn admit(
@@ -202,5 +247,17 @@ impl Chat {
             });
         }
         Ok(access)
+    }
+}
+
+/// Ledger timing from the configuration: a produce's lease outlasts the producer's
+/// delivery timeout, so no second produce starts while the first may still succeed.
+fn delivery_timing(cfg: &crate::config::Config) -> Timing {
+    Timing {
+        lease: Duration::from_millis(u64::from(cfg.kafka.message_timeout_ms) + 1000),
+        confirmation_timeout: cfg.confirmation_timeout(),
+        attempts: cfg.delivery.retries.saturating_add(1),
+        max_interval: Duration::from_millis(cfg.delivery.max_retry_interval_ms),
+        ttl: Duration::from_secs(cfg.delivery.idempotency_ttl_seconds),
     }
 }
