@@ -137,7 +137,10 @@ async fn a_gateway_runs_in_process_serves_http_and_socket_io_and_stops_on_reques
     let ice: Value = serde_json::from_str(&body).unwrap();
     let server0 = &ice["iceServers"][0];
     let urls = server0["urls"].as_array().unwrap();
-    assert!(urls.contains(&json!("turn:127.0.0.1:3478?transport=udp")), "{ice}");
+    assert!(
+        urls.contains(&json!("turn:127.0.0.1:3478?transport=udp")),
+        "{ice}"
+    );
     assert!(
         server0["username"].as_str().unwrap().ends_with(":alice"),
         "{ice}"

@@ -2,7 +2,7 @@
 //! coturn children (and prune) → probe every server → record health → write the status.
 //!
 //! The shared secret is kept in `<pool>-turn-secret` (current and previous) and rotated
-//! on schedule or on demand (see `render::turn_pool`). Every server is probed each
+//! on schedule or on demand (see `crate::rotation`). Every server is probed each
 //! `healthCheck.intervalSeconds`: a STUN Binding per transport and a TURN Allocate with a
 //! credential freshly minted from the current secret. Health follows the thresholds;
 //! status lists every server, the counts, the rotation times and `Ready`/`Degraded`.
@@ -35,6 +35,7 @@ use crate::crd::event;
 use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
 use crate::metrics::ResultLabel;
 use crate::render::turn_pool as render;
+use crate::rotation;
 
 pub const KIND: &str = "TurnPool";
 /// The user named in the credentials the operator's probes use.
@@ -97,7 +98,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     if let Err(problem) = apply_children(pool, ctx, &ns, &state).await? {
         return stall(pool, ctx, &ns, &current, problem).await;
     }
-    let next_rotation = render::next_rotation(pool, &state);
+    let next_rotation = rotation::next_rotation(pool, &state);
     let until_rotation = next_rotation
         .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO));
     let requeue = |d: Duration| {
@@ -130,25 +131,25 @@ async fn ensure_secret(
     pool: &TurnPool,
     ctx: &Context,
     ns: &str,
-) -> Result<(render::SecretState, bool), Error> {
+) -> Result<(rotation::SecretState, bool), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret_name = render::secret_name(&pool.name_any());
     let stored = secrets
         .get_opt(&secret_name)
         .await?
         .as_ref()
-        .and_then(render::read_secret);
+        .and_then(rotation::read_secret);
     let at = Timestamp::now();
-    let due = render::rotation_due(pool, stored.as_ref(), at);
+    let due = rotation::rotation_due(pool, stored.as_ref(), at);
     let state = match (due, stored) {
         (None, Some(state)) => return Ok((state, false)),
         (reason, previous) => {
-            let next = render::rotate(pool, previous.as_ref(), at);
+            let next = rotation::rotate(pool, previous.as_ref(), at);
             ctx.metrics.turn_rotations.inc();
             let why = match reason {
-                Some(render::Rotation::Initial) | None => "created",
-                Some(render::Rotation::Scheduled) => "rotated on schedule",
-                Some(render::Rotation::Requested) => "rotated on request (realtime.dev/rotate)",
+                Some(rotation::Rotation::Initial) | None => "created",
+                Some(rotation::Rotation::Scheduled) => "rotated on schedule",
+                Some(rotation::Rotation::Requested) => "rotated on request (realtime.dev/rotate)",
             };
             publish(
                 ctx,
@@ -174,7 +175,7 @@ async fn apply_children(
     pool: &TurnPool,
     ctx: &Context,
     ns: &str,
-    state: &render::SecretState,
+    state: &rotation::SecretState,
 ) -> Result<Result<(), String>, Error> {
     let client = &ctx.client;
     let name = pool.name_any();
@@ -227,7 +228,7 @@ async fn probe(
     pool: &TurnPool,
     ctx: &Context,
     ns: &str,
-    state: &render::SecretState,
+    state: &rotation::SecretState,
 ) -> Result<Vec<(TurnServer, probe::Report)>, Error> {
     let pods = if render::probes_pods(pool) {
         Api::<Pod>::namespaced(ctx.client.clone(), ns)
@@ -240,7 +241,7 @@ async fn probe(
     let servers = render::servers(pool, &pods);
     let timeout = seconds(pool.spec.health_check.timeout_seconds);
     let credential = credentials::mint(
-        render::signing_secret(state, Timestamp::now()).as_bytes(),
+        rotation::signing_secret(state, Timestamp::now()).as_bytes(),
         PROBE_USER,
         PROBE_CREDENTIAL_TTL,
         credentials::now_unix(),
@@ -324,7 +325,7 @@ async fn write_status(
     ns: &str,
     current: &TurnPoolStatus,
     statuses: Vec<ServerStatus>,
-    state: &render::SecretState,
+    state: &rotation::SecretState,
     next_rotation: Option<Timestamp>,
 ) -> Result<(), Error> {
     let generation = pool.metadata.generation;
