@@ -77,6 +77,7 @@ pub struct IndexKey {
 #[serde(rename_all = "camelCase")]
 pub struct MongoIndexStatus {
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

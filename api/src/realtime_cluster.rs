@@ -364,6 +364,7 @@ impl Default for DeliverySpec {
 pub struct RealtimeClusterStatus {
     /// `Ready`, `Reconciling` and `Stalled`, in the Kubernetes shape.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

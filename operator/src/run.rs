@@ -112,7 +112,11 @@ pub async fn run_controllers(
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .graceful_shutdown_on(shutdown.clone())
-        .run(turn_pool::reconcile, turn_pool::error_policy, ctx.clone())
+        .run(
+            turn_pool::reconcile,
+            turn_pool::error_policy,
+            Arc::new(turn_pool::PoolContext::new(ctx.clone())),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller event");

@@ -77,7 +77,8 @@ impl Children {
     {
         let listed = api
             .list(&ListParams::default().labels(&self.selector))
-            .await?;
+            .await
+            .map_err(Error::listing(api, &self.selector))?;
         let metas: Vec<&ObjectMeta> = listed.items.iter().map(|o| o.meta()).collect();
         let doomed = unwanted(&metas, &self.owner_uid, |name| self.wants::<C>(name));
         let mut deleted = Vec::with_capacity(doomed.len());
@@ -94,7 +95,12 @@ impl Children {
                 Ok(_) => deleted.push(name),
                 // Gone already, or replaced by a namesake: not ours to delete.
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e.into()),
+                Err(source) => {
+                    return Err(Error::Delete {
+                        what: super::path_of(api, &name),
+                        source,
+                    });
+                }
             }
         }
         Ok(deleted)

@@ -32,8 +32,6 @@ pub struct Context {
     /// installations that would share Kafka topics.
     pub clusters: Store<RealtimeCluster>,
     backoff: Mutex<HashMap<String, u32>>,
-    /// When each TurnPool was last probed, and at which generation.
-    probes: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -51,29 +49,7 @@ impl Context {
             pdb_api_version,
             clusters,
             backoff: Mutex::default(),
-            probes: Mutex::default(),
         }
-    }
-
-    /// Time left before `key` (at `generation`) is due for another probe round; zero
-    /// when due now.
-    pub fn probe_wait(&self, key: &str, generation: Option<i64>, interval: Duration) -> Duration {
-        let map = self
-            .probes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match map.get(key) {
-            Some((g, at)) if *g == generation => interval.saturating_sub(at.elapsed()),
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Records that `key` was probed now, at `generation`.
-    pub fn probed(&self, key: &str, generation: Option<i64>) {
-        self.probes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.to_owned(), (generation, std::time::Instant::now()));
     }
 
     /// Next retry delay of an object after a failure: 1 s doubling to 5 min, with jitter.
@@ -178,7 +154,11 @@ where
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(obj),
     )
-    .await?;
+    .await
+    .map_err(|source| Error::Apply {
+        what: path_of(api, name),
+        source,
+    })?;
     Ok(())
 }
 
@@ -198,8 +178,72 @@ where
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
+    .await
+    .map_err(|source| Error::WriteStatus {
+        what: path_of(api, name),
+        source,
+    })?;
     Ok(())
+}
+
+/// A custom resource whose status the operator writes.
+pub trait WithStatus:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    type Status: Clone + PartialEq + Default + Serialize;
+    fn status_of(&self) -> Option<&Self::Status>;
+}
+
+impl WithStatus for RealtimeCluster {
+    type Status = crate::crd::RealtimeClusterStatus;
+    fn status_of(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl WithStatus for crate::crd::TurnPool {
+    type Status = crate::crd::TurnPoolStatus;
+    fn status_of(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+/// Writes the status that `build` makes of the current one, by server-side apply, and
+/// only when it differs: a reconcile that changes nothing writes nothing. The cached
+/// object can lag behind the operator's own last write (its watch event not in yet), so
+/// a difference is confirmed against the live object before writing — else a stale
+/// cache would rewrite a condition's `lastTransitionTime`. Returns the status replaced,
+/// or `None` when nothing was written.
+pub async fn update_status<K: WithStatus>(
+    obj: &K,
+    ctx: &Context,
+    build: impl Fn(&K::Status) -> K::Status,
+) -> Result<Option<K::Status>, Error> {
+    let cached = obj.status_of().cloned().unwrap_or_default();
+    if build(&cached) == cached {
+        return Ok(None);
+    }
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    let live = api
+        .get(&name)
+        .await
+        .map_err(Error::reading(&api, &name))?
+        .status_of()
+        .cloned()
+        .unwrap_or_default();
+    let status = build(&live);
+    if status == live {
+        return Ok(None);
+    }
+    apply_status(&api, &name, &status).await?;
+    Ok(Some(live))
 }
 
 /// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal. The note
@@ -224,24 +268,78 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Reconcile failures, with a category for metrics and Event reasons.
+/// Reconcile failures: which call failed, on what (the object's API path), and why.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("reading {what}: {source}")]
+    Read { what: String, source: kube::Error },
+    #[error("listing {what}: {source}")]
+    List { what: String, source: kube::Error },
+    #[error("applying {what}: {source}")]
+    Apply { what: String, source: kube::Error },
+    #[error("changing {what}: {source}")]
+    Patch { what: String, source: kube::Error },
+    #[error("writing the status of {what}: {source}")]
+    WriteStatus { what: String, source: kube::Error },
+    #[error("deleting {what}: {source}")]
+    Delete { what: String, source: kube::Error },
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
     #[error("{0}")]
     Invalid(String),
 }
 
+/// The API path of the `K` named `name` in `api`, for error messages.
+pub fn path_of<K: Resource>(api: &Api<K>, name: &str) -> String {
+    format!("{}/{name}", api.resource_url())
+}
+
 impl Error {
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube_api",
+            Error::Read { .. }
+            | Error::List { .. }
+            | Error::Apply { .. }
+            | Error::Patch { .. }
+            | Error::WriteStatus { .. }
+            | Error::Delete { .. } => "kube_api",
             Error::Serialization(_) => "serialization",
             Error::Invalid(_) => "invalid",
         }
+    }
+
+    /// The API server's refusal, when that is what failed.
+    pub fn api_status(&self) -> Option<&kube::core::Status> {
+        match self {
+            Error::Read { source, .. }
+            | Error::List { source, .. }
+            | Error::Apply { source, .. }
+            | Error::Patch { source, .. }
+            | Error::WriteStatus { source, .. }
+            | Error::Delete { source, .. } => match source {
+                kube::Error::Api(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// `map_err` for a failed get of the `K` named `name`.
+    pub fn reading<K: Resource>(api: &Api<K>, name: &str) -> impl FnOnce(kube::Error) -> Error {
+        let what = path_of(api, name);
+        move |source| Error::Read { what, source }
+    }
+
+    /// `map_err` for a failed list of `api` (with `selector`).
+    pub fn listing<K: Resource>(api: &Api<K>, selector: &str) -> impl FnOnce(kube::Error) -> Error {
+        let what = format!("{} ({selector})", api.resource_url());
+        move |source| Error::List { what, source }
+    }
+
+    /// `map_err` for a failed merge patch of the `K` named `name`.
+    pub fn patching<K: Resource>(api: &Api<K>, name: &str) -> impl FnOnce(kube::Error) -> Error {
+        let what = path_of(api, name);
+        move |source| Error::Patch { what, source }
     }
 }
 

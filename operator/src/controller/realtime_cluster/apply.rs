@@ -121,7 +121,11 @@ pub async fn stop_data_plane(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> R
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = rc.name_any();
     for dep_name in [render::gateway_name(&name), render::persister_name(&name)] {
-        let Some(d) = deployments.get_opt(&dep_name).await? else {
+        let Some(d) = deployments
+            .get_opt(&dep_name)
+            .await
+            .map_err(Error::reading(&deployments, &dep_name))?
+        else {
             continue;
         };
         let owned = d
@@ -140,7 +144,8 @@ pub async fn stop_data_plane(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> R
                 },
                 &Patch::Merge(json!({"spec": {"replicas": 0}})),
             )
-            .await?;
+            .await
+            .map_err(Error::patching(&deployments, &dep_name))?;
     }
     Ok(())
 }
@@ -153,8 +158,12 @@ pub async fn deployments(
 ) -> Result<(Option<Deployment>, Option<Deployment>), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = rc.name_any();
+    let get = |dep: String| {
+        let api = &api;
+        async move { api.get_opt(&dep).await.map_err(Error::reading(api, &dep)) }
+    };
     Ok((
-        api.get_opt(&render::gateway_name(&name)).await?,
-        api.get_opt(&render::persister_name(&name)).await?,
+        get(render::gateway_name(&name)).await?,
+        get(render::persister_name(&name)).await?,
     ))
 }

@@ -93,6 +93,35 @@ pub fn stalled(reason: &str, message: &str, generation: Option<i64>) -> Vec<Cond
     ]
 }
 
+/// Where a cluster's data plane stands once its children are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub gateway: ComponentStatus,
+    pub persister: ComponentStatus,
+    pub conditions: Vec<Condition>,
+}
+
+/// The cluster's component statuses and conditions from its Deployments as they are now
+/// (the RealtimeCluster's counterpart of `turn_pool::status::pool_conditions`).
+pub fn cluster_conditions(
+    rc: &RealtimeCluster,
+    gateway: Option<&Deployment>,
+    persister: Option<&Deployment>,
+) -> Rollout {
+    let (gateway, gateway_waits) = rollout(rc.spec.gateway.replicas, gateway);
+    let (persister, persister_waits) = rollout(rc.spec.persister.replicas, persister);
+    let conditions = applied(
+        (&gateway, gateway_waits.as_deref()),
+        (&persister, persister_waits.as_deref()),
+        rc.metadata.generation,
+    );
+    Rollout {
+        gateway,
+        persister,
+        conditions,
+    }
+}
+
 /// Conditions once the children are applied: `Ready` when every rollout is complete,
 /// else `Reconciling` with what each component waits for.
 pub fn applied(

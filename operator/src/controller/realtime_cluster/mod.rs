@@ -20,11 +20,10 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
+use super::{Context, Error, instrumented, object_key, publish, retry_later, update_status};
 use crate::crd::condition::*;
 use crate::crd::{
     ComponentStatus, Endpoints, RealtimeCluster, RealtimeClusterStatus, merge_conditions,
@@ -50,7 +49,7 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
         .ok_or_else(|| Error::Invalid("RealtimeCluster must be namespaced".into()))?;
     if let Some((reason, message)) = decide::unsupported(rc) {
         // Only a spec change helps; the cluster's own watch brings that.
-        stall(rc, ctx, &ns, reason, message, None).await?;
+        stall(rc, ctx, reason, message, None).await?;
         return Ok(Action::await_change());
     }
     // Every cluster the operator sees, for the topic-conflict check. The cache fills
@@ -65,7 +64,7 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
     }
     let checksum = match references::resolve(rc, ctx, &ns).await? {
         References::Missing(message) => {
-            stall(rc, ctx, &ns, REASON_MISSING_REFERENCE, message, None).await?;
+            stall(rc, ctx, REASON_MISSING_REFERENCE, message, None).await?;
             // The Secret and TurnPool watches bring us back as soon as it appears.
             return Ok(Action::requeue(RESYNC));
         }
@@ -92,7 +91,6 @@ async fn stop_for_conflict(
     stall(
         rc,
         ctx,
-        ns,
         REASON_TOPIC_CONFLICT,
         lost.message(),
         Some(components),
@@ -111,15 +109,12 @@ async fn report_rollout(
 ) -> Result<(), Error> {
     let generation = rc.metadata.generation;
     let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
-    let (gateway, gateway_waits) = decide::rollout(rc.spec.gateway.replicas, gateway.as_ref());
-    let (persister, persister_waits) =
-        decide::rollout(rc.spec.persister.replicas, persister.as_ref());
-    let conditions = decide::applied(
-        (&gateway, gateway_waits.as_deref()),
-        (&persister, persister_waits.as_deref()),
-        generation,
-    );
-    let replaced = update_status(rc, ctx, ns, |current| RealtimeClusterStatus {
+    let decide::Rollout {
+        gateway,
+        persister,
+        conditions,
+    } = decide::cluster_conditions(rc, gateway.as_ref(), persister.as_ref());
+    let replaced = update_status(rc, ctx, |current| RealtimeClusterStatus {
         conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
         observed_generation: generation,
         endpoints: Some(Endpoints {
@@ -169,14 +164,13 @@ async fn report_rollout(
 async fn stall(
     rc: &RealtimeCluster,
     ctx: &Context,
-    ns: &str,
     reason: &str,
     message: String,
     components: Option<(ComponentStatus, ComponentStatus)>,
 ) -> Result<(), Error> {
     let generation = rc.metadata.generation;
     let conditions = decide::stalled(reason, &message, generation);
-    let replaced = update_status(rc, ctx, ns, |current| {
+    let replaced = update_status(rc, ctx, |current| {
         let (gateway, persister) = match &components {
             Some((g, p)) => (Some(g.clone()), Some(p.clone())),
             None => (current.gateway.clone(), current.persister.clone()),
@@ -209,30 +203,4 @@ fn is_true(conditions: &[Condition], type_: &str) -> bool {
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// Writes the status that `build` makes of the current one, by server-side apply, and
-/// only when it differs: a reconcile that changes nothing writes nothing. The cached
-/// cluster can lag behind the operator's own last write (its watch event not in yet), so
-/// a difference is confirmed against the live object before writing — else a stale
-/// cache would rewrite a condition's `lastTransitionTime`. Returns the status replaced,
-/// or `None` when nothing was written.
-async fn update_status(
-    rc: &RealtimeCluster,
-    ctx: &Context,
-    ns: &str,
-    build: impl Fn(&RealtimeClusterStatus) -> RealtimeClusterStatus,
-) -> Result<Option<RealtimeClusterStatus>, Error> {
-    let cached = rc.status.clone().unwrap_or_default();
-    if build(&cached) == cached {
-        return Ok(None);
-    }
-    let api: Api<RealtimeCluster> = Api::namespaced(ctx.client.clone(), ns);
-    let live = api.get(&rc.name_any()).await?.status.unwrap_or_default();
-    let status = build(&live);
-    if status == live {
-        return Ok(None);
-    }
-    apply_status(&api, &rc.name_any(), &status).await?;
-    Ok(Some(live))
 }

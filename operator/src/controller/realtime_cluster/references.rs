@@ -24,7 +24,11 @@ pub async fn resolve(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> Result<Re
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&render::config_data(rc))?);
     for (var, r) in render::secret_env(rc) {
-        let Some(secret) = secrets.get_opt(&r.name).await? else {
+        let Some(secret) = secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(Error::reading(&secrets, &r.name))?
+        else {
             return Ok(References::Missing(format!(
                 "Secret {}/{} (for {var}) does not exist; create it with key {:?}",
                 ns, r.name, r.key
@@ -53,7 +57,12 @@ pub async fn resolve(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> Result<Re
     }
     if let Some(pool) = &rc.spec.turn_pool_ref {
         let pools: Api<TurnPool> = Api::namespaced(ctx.client.clone(), ns);
-        if pools.get_opt(&pool.name).await?.is_none() {
+        if pools
+            .get_opt(&pool.name)
+            .await
+            .map_err(Error::reading(&pools, &pool.name))?
+            .is_none()
+        {
             return Ok(References::Missing(format!(
                 "TurnPool {ns}/{} (spec.turnPoolRef) does not exist; create it or remove the reference",
                 pool.name

@@ -12,7 +12,8 @@
 
 pub mod status;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -29,7 +30,7 @@ use realtime_turn::health::Thresholds;
 use realtime_turn::probe;
 
 use super::children::{Children, announce_pruned, describe};
-use super::{Context, Error, apply_status, instrumented, object_key, publish, retry_later};
+use super::{Context, Error, instrumented, object_key, publish, retry_later, update_status};
 use crate::crd::condition::*;
 use crate::crd::event;
 use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
@@ -42,11 +43,55 @@ pub const KIND: &str = "TurnPool";
 pub const PROBE_USER: &str = "realtime-operator-probe";
 const PROBE_CREDENTIAL_TTL: Duration = Duration::from_secs(300);
 
-pub async fn reconcile(pool: Arc<TurnPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// The TurnPool controller's context: the shared one, and when each pool was last
+/// probed (at which generation), so that status writes do not trigger probe rounds.
+pub struct PoolContext {
+    shared: Arc<Context>,
+    probes: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+}
+
+impl PoolContext {
+    pub fn new(shared: Arc<Context>) -> Self {
+        Self {
+            shared,
+            probes: Mutex::default(),
+        }
+    }
+
+    /// Time left before `key` (at `generation`) is due for another probe round; zero
+    /// when due now.
+    pub fn probe_wait(&self, key: &str, generation: Option<i64>, interval: Duration) -> Duration {
+        let map = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(key) {
+            Some((g, at)) if *g == generation => interval.saturating_sub(at.elapsed()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records that `key` was probed now, at `generation`.
+    pub fn probed(&self, key: &str, generation: Option<i64>) {
+        self.probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned(), (generation, std::time::Instant::now()));
+    }
+}
+
+impl std::ops::Deref for PoolContext {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
+pub async fn reconcile(pool: Arc<TurnPool>, ctx: Arc<PoolContext>) -> Result<Action, Error> {
     instrumented(&ctx, KIND, &*pool, reconcile_inner(&pool, &ctx)).await
 }
 
-pub fn error_policy(pool: Arc<TurnPool>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(pool: Arc<TurnPool>, error: &Error, ctx: Arc<PoolContext>) -> Action {
     retry_later(&ctx, KIND, &object_key(&*pool), error)
 }
 
@@ -86,17 +131,17 @@ fn seconds(v: i32) -> Duration {
     Duration::from_secs(u64::try_from(v).unwrap_or(1).max(1))
 }
 
-async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(pool: &TurnPool, ctx: &PoolContext) -> Result<Action, Error> {
     let ns = pool
         .namespace()
         .ok_or_else(|| Error::Invalid("TurnPool must be namespaced".into()))?;
     let current = pool.status.clone().unwrap_or_default();
     if let Some(problem) = invalid(pool) {
-        return stall(pool, ctx, &ns, &current, problem).await;
+        return stall(pool, ctx, problem).await;
     }
     let (state, rotated) = ensure_secret(pool, ctx, &ns).await?;
     if let Err(problem) = apply_children(pool, ctx, &ns, &state).await? {
-        return stall(pool, ctx, &ns, &current, problem).await;
+        return stall(pool, ctx, problem).await;
     }
     let next_rotation = rotation::next_rotation(pool, &state);
     let until_rotation = next_rotation
@@ -119,7 +164,7 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &Context) -> Result<Action, Error
     let servers = probe(pool, ctx, &ns, &state).await?;
     let probed_at = now();
     let statuses = record_health(pool, ctx, &current, &servers, &probed_at).await;
-    write_status(pool, ctx, &ns, &current, statuses, &state, next_rotation).await?;
+    write_status(pool, ctx, statuses, &state, next_rotation).await?;
     Ok(requeue(
         interval.saturating_sub(probed_at_elapsed(&probed_at)),
     ))
@@ -136,7 +181,8 @@ async fn ensure_secret(
     let secret_name = render::secret_name(&pool.name_any());
     let stored = secrets
         .get_opt(&secret_name)
-        .await?
+        .await
+        .map_err(Error::reading(&secrets, &secret_name))?
         .as_ref()
         .and_then(rotation::read_secret);
     let at = Timestamp::now();
@@ -203,15 +249,18 @@ async fn apply_children(
             .apply(&services, &coturn, &render::coturn_service(pool, managed))
             .await;
         match service {
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
-                let hint = if e.message.contains("more than 1 protocol") {
+            Err(refused) if refused.api_status().is_some_and(|e| e.code == 422) => {
+                let message = refused
+                    .api_status()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default();
+                let hint = if message.contains("more than 1 protocol") {
                     "this API server refuses a LoadBalancer Service carrying both UDP and TCP (Kubernetes before 1.24 without MixedProtocolLBService); set spec.managed.serviceType to NodePort or ClusterIP, or upgrade the cluster"
                 } else {
                     "fix spec.managed"
                 };
                 return Ok(Err(format!(
-                    "the coturn Service was refused: {}; {hint}",
-                    e.message
+                    "the coturn Service was refused: {message}; {hint}"
                 )));
             }
             other => other?,
@@ -231,9 +280,11 @@ async fn probe(
     state: &rotation::SecretState,
 ) -> Result<Vec<(TurnServer, probe::Report)>, Error> {
     let pods = if render::probes_pods(pool) {
-        Api::<Pod>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default().labels(&render::coturn_selector(pool)))
-            .await?
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+        let selector = render::coturn_selector(pool);
+        api.list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::listing(&api, &selector))?
             .items
     } else {
         Vec::new()
@@ -318,64 +369,58 @@ async fn record_health(
     statuses
 }
 
-/// Step 5: the status — every server, the counts, the rotation times, the conditions.
+/// Step 5: the status — every server, the counts, the rotation times, the conditions
+/// (written only when it changed).
 async fn write_status(
     pool: &TurnPool,
     ctx: &Context,
-    ns: &str,
-    current: &TurnPoolStatus,
     statuses: Vec<ServerStatus>,
     state: &rotation::SecretState,
     next_rotation: Option<Timestamp>,
 ) -> Result<(), Error> {
     let generation = pool.metadata.generation;
     let healthy = statuses.iter().filter(|s| s.healthy).count();
-    let status = TurnPoolStatus {
-        conditions: merge_conditions(
-            &current.conditions,
-            status::pool_conditions(pool, &statuses, generation),
-            now(),
-        ),
+    let conditions = status::pool_conditions(pool, &statuses, generation);
+    update_status(pool, ctx, |current| TurnPoolStatus {
+        conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
         observed_generation: generation,
         healthy_servers: i32::try_from(healthy).unwrap_or(i32::MAX),
         total_servers: i32::try_from(statuses.len()).unwrap_or(i32::MAX),
-        servers: statuses,
+        servers: statuses.clone(),
         last_rotation_time: Some(Time(state.rotated_at)),
         next_rotation_time: next_rotation.map(Time),
-    };
-    patch_status(pool, ctx, ns, &status).await
+    })
+    .await?;
+    Ok(())
 }
 
 /// Reports a spec the operator cannot act on: `Stalled`, not `Ready`, one Warning Event
 /// per change, and no retry until the pool changes.
-async fn stall(
-    pool: &TurnPool,
-    ctx: &Context,
-    ns: &str,
-    current: &TurnPoolStatus,
-    problem: String,
-) -> Result<Action, Error> {
+async fn stall(pool: &TurnPool, ctx: &Context, problem: String) -> Result<Action, Error> {
     let generation = pool.metadata.generation;
-    let stalled = condition(
-        STALLED,
-        true,
-        REASON_INVALID_SPEC,
-        problem.clone(),
-        generation,
-    );
-    let ready = condition(
-        READY,
-        false,
-        REASON_INVALID_SPEC,
-        problem.clone(),
-        generation,
-    );
-    let status = TurnPoolStatus {
-        conditions: merge_conditions(&current.conditions, vec![ready, stalled], now()),
+    let conditions = vec![
+        condition(
+            READY,
+            false,
+            REASON_INVALID_SPEC,
+            problem.clone(),
+            generation,
+        ),
+        condition(
+            STALLED,
+            true,
+            REASON_INVALID_SPEC,
+            problem.clone(),
+            generation,
+        ),
+    ];
+    let replaced = update_status(pool, ctx, |current| TurnPoolStatus {
+        conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
         observed_generation: generation,
         ..current.clone()
-    };
-    if status != *current {
+    })
+    .await?;
+    if replaced.is_some() {
         publish(
             ctx,
             pool,
@@ -385,7 +430,6 @@ async fn stall(
             problem,
         )
         .await;
-        patch_status(pool, ctx, ns, &status).await?;
     }
     Ok(Action::await_change())
 }
@@ -427,16 +471,6 @@ fn probed_at_elapsed(t: &Time) -> Duration {
 
 fn now() -> Time {
     Time(Timestamp::now())
-}
-
-async fn patch_status(
-    pool: &TurnPool,
-    ctx: &Context,
-    ns: &str,
-    status: &TurnPoolStatus,
-) -> Result<(), Error> {
-    let api: Api<TurnPool> = Api::namespaced(ctx.client.clone(), ns);
-    apply_status(&api, &pool.name_any(), status).await
 }
 
 #[cfg(test)]
