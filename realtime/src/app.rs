@@ -51,7 +51,7 @@ impl Dependencies {
             &cfg.mongodb.uri,
             &cfg.mongodb.database,
             &cfg.mongodb.write_concern,
-            cfg.mongodb.write_timeout_ms,
+            cfg.mongodb.write_timeout,
         )
         .await
         .context("MONGODB_URI is not a valid MongoDB connection string")?;
@@ -104,7 +104,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
+    cfg.validate()?;
     let deps = Dependencies::connect(&cfg).await?;
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -276,7 +276,7 @@ async fn drain(
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     producer: Arc<kafka::Producer>,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_grace_seconds);
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     // Workers first: the persister finishes and commits its batch, the confirmation
     // consumer and the sweeper finish what they hold and emit it while the sockets are

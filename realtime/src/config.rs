@@ -66,22 +66,16 @@ pub struct Config {
     #[command(flatten)]
     pub turn: TurnConfig,
 
-    /// Hours a conversation's cached state lives in Redis without activity.
-    #[arg(long, env = "ROOM_STATE_TTL_HOURS", default_value_t = 24)]
-    pub room_state_ttl_hours: u64,
-
-    /// Seconds a participant's standing (membership, role, ban, mute) is cached in Redis;
-    /// 0 turns the cache off (every check reads MongoDB).
-    #[arg(long, env = "ROOM_AUTHZ_CACHE_TTL", default_value_t = 300)]
-    pub room_authz_cache_ttl: u64,
+    #[command(flatten)]
+    pub persister: PersisterConfig,
 
     /// Packets queued per socket before further emits to it are dropped (slow client).
     #[arg(long, env = "SOCKET_MAX_BUFFER", default_value_t = 4096)]
     pub socket_max_buffer: usize,
 
     /// Seconds given to open connections and in-flight work to finish on shutdown.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[arg(long = "shutdown-grace-seconds", env = "SHUTDOWN_GRACE_SECONDS", default_value = "10", value_parser = seconds)]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -217,21 +211,27 @@ pub struct MongoConfig {
     #[arg(
         long = "mongodb-write-timeout-ms",
         env = "MONGODB_WRITE_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value = "10000",
+        value_parser = millis
     )]
-    pub write_timeout_ms: u64,
+    pub write_timeout: Duration,
+}
 
+/// How the persister batches messages into MongoDB.
+#[derive(Debug, Clone, Args)]
+pub struct PersisterConfig {
     /// Messages written to MongoDB in one bulk upsert.
     #[arg(long = "message-persistence-batch-size", env = "MESSAGE_PERSISTENCE_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// Longest wait for a batch to fill before it is written.
+    /// Longest wait for a batch to fill before it is written, in milliseconds.
     #[arg(
         long = "message-persistence-linger-ms",
         env = "MESSAGE_PERSISTENCE_LINGER_MS",
-        default_value_t = 20
+        default_value = "20",
+        value_parser = millis
     )]
-    pub linger_ms: u64,
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -306,9 +306,10 @@ pub struct DeliveryConfig {
     #[arg(
         long = "persistence-confirmation-timeout-ms",
         env = "PERSISTENCE_CONFIRMATION_TIMEOUT_MS",
-        default_value_t = 5000
+        default_value = "5000",
+        value_parser = millis
     )]
-    pub timeout_ms: u64,
+    pub timeout: Duration,
 
     /// Retries (same message id) before the sender hears more: `message:failed` for a
     /// message the broker never took (it will not be stored), `message:delayed` for one
@@ -324,19 +325,20 @@ pub struct DeliveryConfig {
     #[arg(
         long = "persistence-max-retry-interval-ms",
         env = "PERSISTENCE_MAX_RETRY_INTERVAL_MS",
-        default_value_t = 60_000
+        default_value = "60000",
+        value_parser = millis
     )]
-    pub max_retry_interval_ms: u64,
+    pub max_retry_interval: Duration,
 
     /// Seconds a message's delivery record — and so its `clientMessageId` as an
     /// idempotency key and the answer to `message:status` — is kept after its last change.
     #[arg(
         long = "idempotency-ttl-seconds",
         env = "IDEMPOTENCY_TTL_SECONDS",
-        default_value_t = 86_400,
-        value_parser = clap::value_parser!(u64).range(60..)
+        default_value = "86400",
+        value_parser = idempotency_ttl
     )]
-    pub idempotency_ttl_seconds: u64,
+    pub idempotency_ttl: Duration,
 
     /// Numbers skipped when a conversation's sequence counter is repaired after Redis lost
     /// writes (restart, restore, failover): covers messages accepted but not yet stored
@@ -360,22 +362,63 @@ pub struct RoomsConfig {
     #[arg(
         long = "typing-throttle-ms",
         env = "TYPING_THROTTLE_MS",
-        default_value_t = 1000
+        default_value = "1000",
+        value_parser = millis
     )]
-    pub typing_throttle_ms: u64,
+    pub typing_throttle: Duration,
 
     /// How long clients should show a typing indicator (sent with each `typing` event).
-    #[arg(long = "typing-ttl-ms", env = "TYPING_TTL_MS", default_value_t = 3000)]
-    pub typing_ttl_ms: u64,
+    #[arg(long = "typing-ttl-ms", env = "TYPING_TTL_MS", default_value = "3000", value_parser = millis)]
+    pub typing_ttl: Duration,
 
     /// Gateway liveness heartbeat; sockets of a gateway silent for three heartbeats stop
     /// counting as online.
     #[arg(
         long = "presence-heartbeat-ms",
         env = "PRESENCE_HEARTBEAT_MS",
-        default_value_t = 5000
+        default_value = "5000",
+        value_parser = millis
     )]
-    pub presence_heartbeat_ms: u64,
+    pub presence_heartbeat: Duration,
+
+    /// Hours a conversation's cached state lives in Redis without activity.
+    #[arg(long = "room-state-ttl-hours", env = "ROOM_STATE_TTL_HOURS", default_value = "24", value_parser = hours)]
+    pub state_ttl: Duration,
+
+    /// Seconds a participant's standing (membership, role, ban, mute) is cached in Redis;
+    /// 0 turns the cache off (every check reads MongoDB).
+    #[arg(long = "room-authz-cache-ttl", env = "ROOM_AUTHZ_CACHE_TTL", default_value = "300", value_parser = seconds)]
+    pub authz_cache_ttl: Duration,
+}
+
+/// A duration given in whole milliseconds.
+fn millis(s: &str) -> Result<Duration, String> {
+    whole(s, "milliseconds").map(Duration::from_millis)
+}
+
+/// A duration given in whole seconds.
+fn seconds(s: &str) -> Result<Duration, String> {
+    whole(s, "seconds").map(Duration::from_secs)
+}
+
+/// A duration given in whole hours.
+fn hours(s: &str) -> Result<Duration, String> {
+    whole(s, "hours").map(|h| Duration::from_secs(h.saturating_mul(3600)))
+}
+
+/// `IDEMPOTENCY_TTL_SECONDS`: at least a minute.
+fn idempotency_ttl(s: &str) -> Result<Duration, String> {
+    let secs = whole(s, "seconds")?;
+    if secs < 60 {
+        return Err(format!("{secs} is less than 60 seconds"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn whole(s: &str, unit: &str) -> Result<u64, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of {unit}"))
 }
 
 /// Where ICE servers for calls come from: a TurnPool (in Kubernetes: its healthy servers
@@ -433,14 +476,6 @@ impl KafkaConfig {
 }
 
 impl Config {
-    pub fn confirmation_timeout(&self) -> Duration {
-        Duration::from_millis(self.delivery.timeout_ms)
-    }
-
-    pub fn room_state_ttl(&self) -> Duration {
-        Duration::from_secs(self.room_state_ttl_hours * 3600)
-    }
-
     /// The Redis URL with RESP3 selected, which the Socket.IO adapter needs.
     pub fn redis_url_resp3(&self) -> String {
         if self.redis_url.contains("protocol=") {
@@ -453,59 +488,117 @@ impl Config {
     }
 
     /// Checks that flags make sense together; the message says what to change.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.role.runs_gateway() && self.auth.jwt_secret.as_deref().unwrap_or("").is_empty() {
-            return Err("JWT_SECRET (--jwt-secret) is required for the gateway role".into());
+            return Err(InvalidConfig::new(
+                "JWT_SECRET",
+                "JWT_SECRET (--jwt-secret) is required for the gateway role",
+            ));
         }
         if !self.limits.rate_per_second.is_finite() || self.limits.rate_per_second <= 0.0 {
-            return Err("RATE_LIMIT_PER_SECOND must be greater than 0".into());
+            return Err(InvalidConfig::new(
+                "RATE_LIMIT_PER_SECOND",
+                "RATE_LIMIT_PER_SECOND must be greater than 0",
+            ));
         }
         if self.limits.burst == 0 {
-            return Err("RATE_LIMIT_BURST must be at least 1".into());
+            return Err(InvalidConfig::new(
+                "RATE_LIMIT_BURST",
+                "RATE_LIMIT_BURST must be at least 1",
+            ));
         }
         if self.limits.max_message_bytes == 0 {
-            return Err("MAX_MESSAGE_BYTES must be at least 1".into());
+            return Err(InvalidConfig::new(
+                "MAX_MESSAGE_BYTES",
+                "MAX_MESSAGE_BYTES must be at least 1",
+            ));
         }
-        if self.delivery.timeout_ms == 0 {
-            return Err("PERSISTENCE_CONFIRMATION_TIMEOUT_MS must be at least 1".into());
+        if self.delivery.timeout.is_zero() {
+            return Err(InvalidConfig::new(
+                "PERSISTENCE_CONFIRMATION_TIMEOUT_MS",
+                "PERSISTENCE_CONFIRMATION_TIMEOUT_MS must be at least 1",
+            ));
         }
-        if self.rooms.typing_throttle_ms == 0 || self.rooms.presence_heartbeat_ms < 100 {
-            return Err(
-                "TYPING_THROTTLE_MS must be at least 1 and PRESENCE_HEARTBEAT_MS at least 100"
-                    .into(),
-            );
+        if self.rooms.typing_throttle.is_zero() {
+            return Err(InvalidConfig::new(
+                "TYPING_THROTTLE_MS",
+                "TYPING_THROTTLE_MS must be at least 1",
+            ));
+        }
+        if self.rooms.presence_heartbeat < Duration::from_millis(100) {
+            return Err(InvalidConfig::new(
+                "PRESENCE_HEARTBEAT_MS",
+                "PRESENCE_HEARTBEAT_MS must be at least 100",
+            ));
         }
         if self.turn.pool.is_some() && !self.turn.urls.is_empty() {
-            return Err("set TURN_POOL or TURN_URLS, not both".into());
+            return Err(InvalidConfig::new(
+                "TURN_POOL",
+                "set TURN_POOL or TURN_URLS, not both",
+            ));
         }
         if !self.turn.urls.is_empty()
             && self.turn.secret.is_none()
             && self.turn.secret_file.is_none()
         {
-            return Err("TURN_URLS needs TURN_SECRET or TURN_SECRET_FILE".into());
+            return Err(InvalidConfig::new(
+                "TURN_URLS",
+                "TURN_URLS needs TURN_SECRET or TURN_SECRET_FILE",
+            ));
         }
         if !(MIN_TURN_TTL..=MAX_TURN_TTL).contains(&self.turn.credential_ttl) {
-            return Err(format!(
-                "TURN_CREDENTIAL_TTL must be between {MIN_TURN_TTL} and {MAX_TURN_TTL} seconds, got {}",
-                self.turn.credential_ttl
+            return Err(InvalidConfig::new(
+                "TURN_CREDENTIAL_TTL",
+                format!(
+                    "TURN_CREDENTIAL_TTL must be between {MIN_TURN_TTL} and {MAX_TURN_TTL} seconds, got {}",
+                    self.turn.credential_ttl
+                ),
             ));
         }
         for url in &self.turn.urls {
-            realtime_turn::ice::parse_url(url).map_err(|e| format!("TURN_URLS: {e}"))?;
+            realtime_turn::ice::parse_url(url)
+                .map_err(|e| InvalidConfig::new("TURN_URLS", format!("TURN_URLS: {e}")))?;
         }
-        if self.room_state_ttl_hours == 0 {
-            return Err("ROOM_STATE_TTL_HOURS must be at least 1".into());
+        if self.rooms.state_ttl.is_zero() {
+            return Err(InvalidConfig::new(
+                "ROOM_STATE_TTL_HOURS",
+                "ROOM_STATE_TTL_HOURS must be at least 1",
+            ));
         }
         if self.kafka.topic_partitions < 1 {
-            return Err("KAFKA_TOPIC_PARTITIONS must be at least 1".into());
+            return Err(InvalidConfig::new(
+                "KAFKA_TOPIC_PARTITIONS",
+                "KAFKA_TOPIC_PARTITIONS must be at least 1",
+            ));
         }
         if self.kafka.replication_factor == 0 || self.kafka.replication_factor < -1 {
-            return Err(format!(
-                "KAFKA_REPLICATION_FACTOR must be at least 1, or -1 for the broker's default; got {}",
-                self.kafka.replication_factor
+            return Err(InvalidConfig::new(
+                "KAFKA_REPLICATION_FACTOR",
+                format!(
+                    "KAFKA_REPLICATION_FACTOR must be at least 1, or -1 for the broker's default; got {}",
+                    self.kafka.replication_factor
+                ),
             ));
         }
         Ok(())
+    }
+}
+
+/// A setting the process cannot start with: the variable, and a message that names it
+/// and says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidConfig {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl InvalidConfig {
+    fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
     }
 }
 
@@ -526,14 +619,16 @@ mod tests {
         assert_eq!(c.kafka.message_topic, "chat.messages");
         assert_eq!(c.kafka.persistence_topic, "chat.persistence.events");
         assert_eq!(c.kafka.dead_letter_topic(), "chat.messages.dlq");
-        assert_eq!(c.mongodb.batch_size, 100);
-        assert_eq!(c.delivery.timeout_ms, 5000);
+        assert_eq!(c.persister.batch_size, 100);
+        assert_eq!(c.persister.linger, Duration::from_millis(20));
+        assert_eq!(c.delivery.timeout, Duration::from_secs(5));
         assert_eq!(c.delivery.retries, 3);
-        assert_eq!(c.room_state_ttl_hours, 24);
-        assert_eq!(c.room_authz_cache_ttl, 300);
+        assert_eq!(c.rooms.state_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.rooms.authz_cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.limits.max_message_bytes, 16384);
         assert_eq!(c.rooms.recovery_window, 1000);
-        assert_eq!(c.rooms.typing_throttle_ms, 1000);
+        assert_eq!(c.rooms.typing_throttle, Duration::from_secs(1));
         assert!(c.validate().is_ok());
     }
 
@@ -541,7 +636,8 @@ mod tests {
     fn gateway_without_secret_is_refused_with_the_variable_name() {
         let c = parse(&["--role", "gateway"]);
         let err = c.validate().unwrap_err();
-        assert!(err.contains("JWT_SECRET"), "{err}");
+        assert_eq!(err.variable, "JWT_SECRET", "{err}");
+        assert!(err.message.contains("--jwt-secret"), "{err}");
         let persister = parse(&["--role", "persister"]);
         assert!(persister.validate().is_ok());
     }
@@ -562,7 +658,7 @@ mod tests {
         for ttl in ["0", "59", "604801"] {
             let c = parse(&["--jwt-secret", "s", "--turn-credential-ttl", ttl]);
             let err = c.validate().unwrap_err();
-            assert!(err.contains("TURN_CREDENTIAL_TTL"), "{ttl}: {err}");
+            assert_eq!(err.variable, "TURN_CREDENTIAL_TTL", "{ttl}: {err}");
         }
         for ttl in ["60", "604800"] {
             assert!(
@@ -580,8 +676,28 @@ mod tests {
             let err = parse(&["--jwt-secret", "s", "--kafka-replication-factor", rf])
                 .validate()
                 .unwrap_err();
-            assert!(err.contains("KAFKA_REPLICATION_FACTOR"), "{err}");
+            assert_eq!(err.variable, "KAFKA_REPLICATION_FACTOR", "{err}");
         }
+    }
+
+    #[test]
+    fn durations_are_parsed_once_with_the_unit_in_the_error() {
+        let c = parse(&[
+            "--typing-throttle-ms",
+            "250",
+            "--idempotency-ttl-seconds",
+            "60",
+        ]);
+        assert_eq!(c.rooms.typing_throttle, Duration::from_millis(250));
+        assert_eq!(c.delivery.idempotency_ttl, Duration::from_secs(60));
+        let err = Config::try_parse_from(["realtime", "--typing-throttle-ms", "1.5"]).unwrap_err();
+        assert!(
+            err.to_string().contains("whole number of milliseconds"),
+            "{err}"
+        );
+        let err =
+            Config::try_parse_from(["realtime", "--idempotency-ttl-seconds", "59"]).unwrap_err();
+        assert!(err.to_string().contains("less than 60 seconds"), "{err}");
     }
 
     #[test]

@@ -329,11 +329,7 @@ fn script(body: &str) -> Script {
 /// The stored record JSON with its sequence number, which is kept beside it.
 fn record_from(json: &str, seq: &str) -> Result<ChatRecord> {
     let mut record: ChatRecord = serde_json::from_str(json)?;
-    record.seq = seq.parse().map_err(|_| {
-        Error::Other(format!(
-            "malformed sequence number {seq:?} in a ledger record"
-        ))
-    })?;
+    record.seq = parse_seq(seq)?;
     Ok(record)
 }
 
@@ -557,22 +553,28 @@ impl Ledger {
 
 fn parse_seq(seq: &str) -> Result<u64> {
     seq.parse()
-        .map_err(|_| Error::Other(format!("malformed sequence number {seq:?}")))
+        .map_err(|_| corrupt(format!("malformed sequence number {seq:?}")))
 }
 
 fn status(id: &str, seq: &str, state: &str, lease_left: &str, reason: &str) -> Result<Status> {
     Ok(Status {
         message_id: id.to_owned(),
         seq: parse_seq(seq)?,
-        state: State::parse(state)
-            .ok_or_else(|| Error::Other(format!("unknown ledger state {state:?}")))?,
+        state: State::parse(state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
         lease_left_ms: lease_left.parse::<i64>().unwrap_or(0).max(0),
         reason: Some(reason.to_owned()).filter(|r| !r.is_empty()),
     })
 }
 
 fn unexpected(what: &str, reply: &[String]) -> Error {
-    Error::Other(format!("unexpected ledger reply to {what}: {reply:?}"))
+    corrupt(format!("unexpected reply to {what}: {reply:?}"))
+}
+
+fn corrupt(detail: String) -> Error {
+    Error::Corrupt {
+        what: "ledger record",
+        detail,
+    }
 }
 
 #[cfg(test)]

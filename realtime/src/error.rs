@@ -102,29 +102,50 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("encoding: {0}")]
     Encoding(#[from] serde_json::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error("bson encoding: {0}")]
+    Bson(#[from] mongodb::bson::ser::Error),
+    /// MongoDB answered, but refused a write (write errors, an unmet write concern).
+    #[error("mongodb refused the write: {0}")]
+    MongoWrite(String),
+    /// A document the data plane relies on is gone (it was deleted meanwhile).
+    #[error("mongodb: {0} is gone")]
+    Vanished(String),
+    /// Stored state the data plane cannot read (a ledger record, a stored message).
+    #[error("unreadable {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// Redis kept changing a value that had to be read consistently.
+    #[error("redis: {0} kept changing; gave up")]
+    Contended(&'static str),
+    /// The broker refused to create a topic.
+    #[error("kafka: creating topic {topic} failed: {code}")]
+    TopicCreation { topic: String, code: String },
 }
 
 impl Error {
     /// A short label for metrics and event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Redis(_) => "redis",
-            Error::Mongo(_) => "mongodb",
-            Error::Kafka(_) => "kafka",
-            Error::Encoding(_) => "encoding",
-            Error::Other(_) => "other",
+            Error::Redis(_) | Error::Contended(_) => "redis",
+            Error::Mongo(_) | Error::MongoWrite(_) | Error::Vanished(_) => "mongodb",
+            Error::Kafka(_) | Error::TopicCreation { .. } => "kafka",
+            Error::Encoding(_) | Error::Bson(_) => "encoding",
+            Error::Corrupt { .. } => "corrupt",
         }
     }
 
     /// What the client is told: the dependency is down; internals stay in the logs.
     pub fn to_client(&self) -> ClientError {
         match self {
-            Error::Redis(_) => ClientError::unavailable("redis"),
-            Error::Mongo(_) => ClientError::unavailable("the database"),
-            Error::Kafka(_) => ClientError::unavailable("the message broker"),
-            Error::Encoding(_) | Error::Other(_) => ClientError::unavailable("the service"),
+            Error::Redis(_) | Error::Contended(_) => ClientError::unavailable("redis"),
+            Error::Mongo(_) | Error::MongoWrite(_) | Error::Vanished(_) => {
+                ClientError::unavailable("the database")
+            }
+            Error::Kafka(_) | Error::TopicCreation { .. } => {
+                ClientError::unavailable("the message broker")
+            }
+            Error::Encoding(_) | Error::Bson(_) | Error::Corrupt { .. } => {
+                ClientError::unavailable("the service")
+            }
         }
     }
 }

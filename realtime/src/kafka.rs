@@ -296,7 +296,7 @@ impl Producer {
                 Err((e, _)) => return Err(Error::Kafka(e)),
             }
         }
-        Err(last.map_or_else(|| Error::Other("produce failed".into()), Error::Kafka))
+        Err(Error::Kafka(last.unwrap_or(KafkaError::Canceled)))
     }
 
     pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
@@ -356,9 +356,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
             Ok(topic) => tracing::info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(Error::Other(format!(
-                    "creating topic {topic} failed: {code}"
-                )));
+                return Err(Error::TopicCreation {
+                    topic,
+                    code: code.to_string(),
+                });
             }
         }
     }

@@ -137,7 +137,7 @@ impl Persister {
         cancel: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Option<Vec<OwnedMessage>> {
-        let max = self.cfg.mongodb.batch_size as usize;
+        let max = self.cfg.persister.batch_size as usize;
         let mut batch = Vec::with_capacity(max);
         loop {
             let first = tokio::select! {
@@ -155,8 +155,7 @@ impl Persister {
                 }
             }
         }
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.cfg.mongodb.linger_ms);
+        let deadline = tokio::time::Instant::now() + self.cfg.persister.linger;
         while batch.len() < max {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m.detach()),
@@ -280,7 +279,7 @@ impl Persister {
         }
         let script = Script::new(CACHE);
         let mut call = script.prepare_invoke();
-        call.arg(self.cfg.room_state_ttl().as_secs().max(1));
+        call.arg(self.cfg.rooms.state_ttl.as_secs().max(1));
         for (key, r) in &newest {
             call.key(key).arg(r.seq).arg(r.created_at_ms);
         }

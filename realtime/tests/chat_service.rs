@@ -32,9 +32,14 @@ async fn fixture(extra: &[&str]) -> Fixture {
         redis::aio::ConnectionManager::new(redis::Client::open(cfg.redis_url.as_str()).unwrap())
             .await
             .expect("Redis reachable at REDIS_URL");
-    let store = Store::connect(&cfg.mongodb.uri, &cfg.mongodb.database, "majority", 2_000)
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &cfg.mongodb.uri,
+        &cfg.mongodb.database,
+        "majority",
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     store
         .ping()
         .await

@@ -43,7 +43,7 @@ async fn store_with(write_concern: &str) -> Store {
         &env("MONGODB_URI"),
         &format!("it_{}", uuid::Uuid::new_v4().simple()),
         write_concern,
-        2_000,
+        std::time::Duration::from_secs(2),
     )
     .await
     .expect("MONGODB_URI");
@@ -539,13 +539,13 @@ async fn an_authorization_cache_ttl_of_zero_means_no_cache() {
         })
         .await
         .unwrap();
-    let uncached = AccessCache::new(redis().await, store.clone(), 0);
+    let uncached = AccessCache::new(redis().await, store.clone(), Duration::ZERO);
     for _ in 0..2 {
         let (access, source) = uncached.get(&tenant, "c", "u").await.unwrap();
         assert!(access.is_some());
         assert_eq!(source, Source::Database, "every check reads MongoDB");
     }
-    let cached = AccessCache::new(redis().await, store.clone(), 60);
+    let cached = AccessCache::new(redis().await, store.clone(), Duration::from_secs(60));
     assert_eq!(
         cached.get(&tenant, "c", "u").await.unwrap().1,
         Source::Database

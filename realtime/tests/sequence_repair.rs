@@ -125,7 +125,7 @@ async fn a_counter_restored_from_an_older_snapshot_never_hands_out_a_number_agai
         &mongo,
         &format!("it_{}", uuid::Uuid::new_v4().simple()),
         "majority",
-        2_000,
+        std::time::Duration::from_secs(2),
     )
     .await
     .unwrap();

@@ -99,7 +99,13 @@ async fn main() -> anyhow::Result<()> {
             for u in users {
                 validate_id("user", u).map_err(|e| anyhow::anyhow!(e.message))?;
             }
-            let store = Store::connect(mongodb_uri, mongodb_database, "majority", 10_000).await?;
+            let store = Store::connect(
+                mongodb_uri,
+                mongodb_database,
+                "majority",
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
             let participants: Vec<_> = users
                 .iter()
                 .enumerate()

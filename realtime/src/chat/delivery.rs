@@ -117,10 +117,7 @@ impl Delivery {
                 }
             }
         }
-        Err(internal(&Error::Other(
-            "the sequence counter could not be verified (Redis keeps changing)".into(),
-        ))
-        .into())
+        Err(internal(&Error::Contended("the conversation's sequence counter")).into())
     }
 
     /// Produces a record whose lease the caller holds and answers the client.

@@ -114,8 +114,8 @@ impl Settings {
             max_message_bytes: cfg.limits.max_message_bytes,
             rate_per_second: cfg.limits.rate_per_second,
             user_events: cfg.limits.user_events,
-            typing_throttle: Duration::from_millis(cfg.rooms.typing_throttle_ms),
-            typing_ttl: Duration::from_millis(cfg.rooms.typing_ttl_ms),
+            typing_throttle: cfg.rooms.typing_throttle,
+            typing_ttl: cfg.rooms.typing_ttl,
         }
     }
 }
@@ -157,7 +157,7 @@ impl Chat {
             recent: RecentMessages::new(
                 redis.clone(),
                 cfg.rooms.recovery_window,
-                cfg.room_state_ttl(),
+                cfg.rooms.state_ttl,
             ),
             metrics: metrics.clone(),
             topic: cfg.kafka.message_topic.clone(),
@@ -167,12 +167,12 @@ impl Chat {
             store: store.clone(),
             rate: RateLimiter::new(redis.clone(), cfg.limits.rate_per_second, cfg.limits.burst),
             delivery,
-            access: AccessCache::new(redis.clone(), store.clone(), cfg.room_authz_cache_ttl),
+            access: AccessCache::new(redis.clone(), store.clone(), cfg.rooms.authz_cache_ttl),
             rooms: RoomState::new(
                 redis.clone(),
                 uuid::Uuid::now_v7().to_string(),
-                cfg.room_state_ttl(),
-                Duration::from_millis(cfg.rooms.presence_heartbeat_ms),
+                cfg.rooms.state_ttl,
+                cfg.rooms.presence_heartbeat,
             ),
             metrics,
         }
@@ -255,9 +255,9 @@ impl Chat {
 fn delivery_timing(cfg: &crate::config::Config) -> Timing {
     Timing {
         lease: Duration::from_millis(u64::from(cfg.kafka.message_timeout_ms) + 1000),
-        confirmation_timeout: cfg.confirmation_timeout(),
+        confirmation_timeout: cfg.delivery.timeout,
         attempts: cfg.delivery.retries.saturating_add(1),
-        max_interval: Duration::from_millis(cfg.delivery.max_retry_interval_ms),
-        ttl: Duration::from_secs(cfg.delivery.idempotency_ttl_seconds),
+        max_interval: cfg.delivery.max_retry_interval,
+        ttl: cfg.delivery.idempotency_ttl,
     }
 }

@@ -262,7 +262,7 @@ impl Gateway {
     }
 
     pub fn confirmation_poll_interval(&self) -> Duration {
-        (self.cfg.confirmation_timeout() / 10)
+        (self.cfg.delivery.timeout / 10)
             .clamp(Duration::from_millis(20), Duration::from_millis(250))
     }
 }

@@ -19,7 +19,7 @@ use crate::store::Store;
 pub struct AccessCache {
     redis: ConnectionManager,
     store: Store,
-    ttl_seconds: u64,
+    ttl: std::time::Duration,
 }
 
 /// Where an answer came from, for the cache metrics.
@@ -30,12 +30,8 @@ pub enum Source {
 }
 
 impl AccessCache {
-    pub fn new(redis: ConnectionManager, store: Store, ttl_seconds: u64) -> Self {
-        Self {
-            redis,
-            store,
-            ttl_seconds,
-        }
+    pub fn new(redis: ConnectionManager, store: Store, ttl: std::time::Duration) -> Self {
+        Self { redis, store, ttl }
     }
 
     /// The user's standing, or `None` when they are not a participant (of this tenant's
@@ -46,7 +42,7 @@ impl AccessCache {
         conversation: &str,
         user: &str,
     ) -> Result<(Option<Access>, Source)> {
-        if self.ttl_seconds == 0 {
+        if self.ttl.is_zero() {
             // ROOM_AUTHZ_CACHE_TTL=0: no cache, every check reads MongoDB.
             let access = self.store.access(tenant, conversation, user).await?;
             return Ok((access, Source::Database));
@@ -60,7 +56,11 @@ impl AccessCache {
         let access = self.store.access(tenant, conversation, user).await?;
         if let Some(access) = &access {
             let _: () = conn
-                .set_ex(&key, serde_json::to_string(access)?, self.ttl_seconds)
+                .set_ex(
+                    &key,
+                    serde_json::to_string(access)?,
+                    self.ttl.as_secs().max(1),
+                )
                 .await?;
         }
         Ok((access, Source::Database))

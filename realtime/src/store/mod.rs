@@ -67,12 +67,12 @@ pub struct Store {
 
 impl Store {
     /// `write_concern` is MongoDB's `w`: `majority`, a number of nodes, or a tag set name;
-    /// `write_timeout_ms` bounds the wait for it (0: no bound).
+    /// `write_timeout` bounds the wait for it (zero: no bound).
     pub async fn connect(
         uri: &str,
         database: &str,
         write_concern: &str,
-        write_timeout_ms: u64,
+        write_timeout: std::time::Duration,
     ) -> Result<Self> {
         let client = Client::with_uri_str(uri).await?;
         let w = match write_concern.parse::<i32>() {
@@ -80,10 +80,10 @@ impl Store {
             Err(_) => Bson::String(write_concern.to_owned()),
         };
         let mut concern = doc! {"w": w};
-        if write_timeout_ms > 0 {
+        if !write_timeout.is_zero() {
             concern.insert(
                 "wtimeout",
-                i64::try_from(write_timeout_ms).unwrap_or(i64::MAX),
+                i64::try_from(write_timeout.as_millis()).unwrap_or(i64::MAX),
             );
         }
         Ok(Self {
@@ -385,8 +385,8 @@ fn classify_write_errors(reply: &Document) -> Result<(u64, Vec<(usize, String)>)
         if code == Some(11000) && on_message_id(e) {
             redelivered += 1;
         } else if code.is_some_and(|c| RETRYABLE_CODES.iter().any(|r| i64::from(*r) == c)) {
-            return Err(Error::Other(format!(
-                "mongodb write error, retrying: {reason}"
+            return Err(Error::MongoWrite(format!(
+                "a retryable write error: {reason}"
             )));
         } else {
             let index = e
@@ -403,8 +403,8 @@ fn classify_write_errors(reply: &Document) -> Result<(u64, Vec<(usize, String)>)
 /// A `writeConcernError` means the write may not survive a failover: a failed write.
 fn check_write_concern(reply: &Document) -> Result<()> {
     match reply.get_document("writeConcernError") {
-        Ok(e) => Err(Error::Other(format!(
-            "mongodb write concern not satisfied (code {}): {}",
+        Ok(e) => Err(Error::MongoWrite(format!(
+            "write concern not satisfied (code {}): {}",
             code_of(e).unwrap_or(0),
             e.get_str("errmsg").unwrap_or("no message")
         ))),
@@ -414,8 +414,8 @@ fn check_write_concern(reply: &Document) -> Result<()> {
 
 fn check_write_reply(reply: &Document) -> Result<()> {
     match reply.get_array("writeErrors") {
-        Ok(errors) if !errors.is_empty() => Err(Error::Other(format!(
-            "mongodb reported {} write errors: {:?}",
+        Ok(errors) if !errors.is_empty() => Err(Error::MongoWrite(format!(
+            "{} write errors: {:?}",
             errors.len(),
             errors.first()
         ))),
@@ -431,7 +431,7 @@ pub fn message_document(r: &ChatRecord) -> Result<Document> {
         "seq": to_i64(r.seq),
         "sender_id": &r.sender_id,
         "client_message_id": &r.client_message_id,
-        "content": bson::to_bson(&r.content).map_err(|e| Error::Other(e.to_string()))?,
+        "content": bson::to_bson(&r.content)?,
         "created_at": DateTime::from_millis(r.created_at_ms),
     })
 }
@@ -440,10 +440,16 @@ fn message_from_document(d: &Document) -> Result<Message> {
     let field = |name: &str| -> Result<String> {
         d.get_str(name)
             .map(str::to_owned)
-            .map_err(|_| Error::Other(format!("stored message lacks string field {name}")))
+            .map_err(|_| Error::Corrupt {
+                what: "stored message",
+                detail: format!("no string field {name}"),
+            })
     };
     let content: Content = bson::from_bson(d.get("content").cloned().unwrap_or(Bson::Null))
-        .map_err(|e| Error::Other(format!("stored message content: {e}")))?;
+        .map_err(|e| Error::Corrupt {
+            what: "stored message",
+            detail: format!("content: {e}"),
+        })?;
     Ok(Message {
         message_id: field("message_id")?,
         conversation_id: field("conversation_id")?,

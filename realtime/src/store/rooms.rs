@@ -131,8 +131,8 @@ impl Store {
             )
             .await?;
         if result.matched_count == 0 {
-            return Err(Error::Other(format!(
-                "conversation {} vanished during moderation",
+            return Err(Error::Vanished(format!(
+                "conversation {} (deleted during moderation)",
                 entry.conversation
             )));
         }
