@@ -1,4 +1,7 @@
 //! RealtimeCluster: one data-plane installation (gateway, persister, their config).
+//!
+//! Longer than most files on purpose: the doc comments of the fields are the CRD's
+//! documentation (`kubectl explain`), and the CEL rules sit with the fields they check.
 
 use std::collections::BTreeMap;
 

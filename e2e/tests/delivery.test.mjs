@@ -267,7 +267,7 @@ test("a write the database cannot confirm at the write concern is not confirmed 
   const alice = await joined(gw, "alice", "concern");
   const r = await send(alice, "concern", "c1");
   assert.equal(r.ok, true);
-  await h.waitFor(async () => (await h.metric(strict, 'realtime_persist_errors_total{category="other"}')) >= 2, {
+  await h.waitFor(async () => (await h.metric(strict, 'realtime_persist_errors_total{category="mongodb"}')) >= 2, {
     what: "writes refused for the unmet write concern",
   });
   assert.equal(alice.received("message:persisted").length, 0, "no confirmation for a write that may be rolled back");

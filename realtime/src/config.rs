@@ -2,6 +2,10 @@
 //!
 //! Every flag also reads an environment variable; the names and defaults are a contract
 //! (SPEC.md §3) that the operator renders into a ConfigMap, so rename nothing here.
+//! Durations are parsed once into `Duration`s (the variable names keep their unit).
+//!
+//! Longer than most files on purpose: it is the one list of every setting, each with the
+//! documentation `--help` prints.
 
 use std::net::SocketAddr;
 use std::time::Duration;

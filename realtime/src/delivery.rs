@@ -24,6 +24,9 @@
 //!
 //! All transitions are Lua scripts, so every gateway sees one order of events and exactly
 //! one of them announces a message (`message:new`) and confirms it.
+//!
+//! Longer than most files on purpose: the scripts and the Rust that reads their replies
+//! belong side by side, so that a change of one is seen with the other.
 
 use std::time::Duration;
 

@@ -14,6 +14,9 @@
 //!   starts a second produce while one may still succeed (the lease);
 //! - a message fails only if its id was fenced in MongoDB first, so it cannot be stored
 //!   afterwards; a message the broker has is never failed, only reported delayed.
+//!
+//! Longer than most files on purpose: these rules hold only together, so they are kept
+//! in one place.
 
 use std::sync::Arc;
 use std::time::Duration;

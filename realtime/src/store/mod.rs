@@ -9,6 +9,9 @@
 //! will never be stored is *fenced*: a tombstone `{message_id, seq, …, tombstone: true}`
 //! takes its id in the unique index, so a copy still in Kafka cannot be stored later.
 //! Readers skip tombstones.
+//!
+//! Moderation's documents live in `rooms`; this file keeps the message writes, whose
+//! error handling (which refusals are redeliveries, which are final) must be read whole.
 
 use std::collections::BTreeMap;
 

@@ -10,39 +10,32 @@
 //! switched from managed to external) are deleted; the Secret stays.
 //! No secret material reaches status, Events or logs.
 
+mod probing;
 pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use realtime_turn::credentials;
-use realtime_turn::health::Thresholds;
-use realtime_turn::probe;
 
 use super::children::{Children, announce_pruned, describe};
 use super::{Context, Error, instrumented, object_key, publish, retry_later, update_status};
 use crate::crd::condition::*;
 use crate::crd::event;
-use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, TurnServer, condition, merge_conditions};
-use crate::metrics::ResultLabel;
+use crate::crd::{ServerStatus, TurnPool, TurnPoolStatus, condition, merge_conditions};
 use crate::render::turn_pool as render;
 use crate::rotation;
 
 pub const KIND: &str = "TurnPool";
-/// The user named in the credentials the operator's probes use.
-pub const PROBE_USER: &str = "realtime-operator-probe";
-const PROBE_CREDENTIAL_TTL: Duration = Duration::from_secs(300);
-
+pub use probing::PROBE_USER;
 /// The TurnPool controller's context: the shared one, and when each pool was last
 /// probed (at which generation), so that status writes do not trigger probe rounds.
 pub struct PoolContext {
@@ -119,15 +112,7 @@ pub fn invalid(pool: &TurnPool) -> Option<String> {
     }
 }
 
-fn thresholds(pool: &TurnPool) -> Thresholds {
-    let hc = &pool.spec.health_check;
-    Thresholds {
-        failure: u32::try_from(hc.failure_threshold).unwrap_or(1),
-        success: u32::try_from(hc.success_threshold).unwrap_or(1),
-    }
-}
-
-fn seconds(v: i32) -> Duration {
+pub(super) fn seconds(v: i32) -> Duration {
     Duration::from_secs(u64::try_from(v).unwrap_or(1).max(1))
 }
 
@@ -161,9 +146,9 @@ async fn reconcile_inner(pool: &TurnPool, ctx: &PoolContext) -> Result<Action, E
         return Ok(requeue(wait));
     }
     ctx.probed(&object_key(pool), pool.metadata.generation);
-    let servers = probe(pool, ctx, &ns, &state).await?;
+    let servers = probing::probe(pool, ctx, &ns, &state).await?;
     let probed_at = now();
-    let statuses = record_health(pool, ctx, &current, &servers, &probed_at).await;
+    let statuses = probing::record_health(pool, ctx, &current, &servers, &probed_at).await;
     write_status(pool, ctx, statuses, &state, next_rotation).await?;
     Ok(requeue(
         interval.saturating_sub(probed_at_elapsed(&probed_at)),
@@ -270,105 +255,6 @@ async fn apply_children(
     Ok(Ok(()))
 }
 
-/// Step 3: every server probed (a STUN Binding per transport and a TURN Allocate) with a
-/// credential signed like the ones clients get now, so a probe fails exactly when they
-/// would. A managed pool's servers are its pods, each at its node's address.
-async fn probe(
-    pool: &TurnPool,
-    ctx: &Context,
-    ns: &str,
-    state: &rotation::SecretState,
-) -> Result<Vec<(TurnServer, probe::Report)>, Error> {
-    let pods = if render::probes_pods(pool) {
-        let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
-        let selector = render::coturn_selector(pool);
-        api.list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(Error::listing(&api, &selector))?
-            .items
-    } else {
-        Vec::new()
-    };
-    let servers = render::servers(pool, &pods);
-    let timeout = seconds(pool.spec.health_check.timeout_seconds);
-    let credential = credentials::mint(
-        rotation::signing_secret(state, Timestamp::now()).as_bytes(),
-        PROBE_USER,
-        PROBE_CREDENTIAL_TTL,
-        credentials::now_unix(),
-    );
-    let reports = join_all(servers.iter().map(|s| {
-        let transports: Vec<probe::Transport> =
-            s.transports.iter().map(|t| probe_transport(*t)).collect();
-        let (username, password) = (credential.username.clone(), credential.password.clone());
-        async move {
-            probe::check(
-                &s.host,
-                u16::try_from(s.port).unwrap_or(0),
-                &transports,
-                &username,
-                &password,
-                timeout,
-            )
-            .await
-        }
-    }))
-    .await;
-    Ok(servers.into_iter().zip(reports).collect())
-}
-
-/// Step 4: each server's health after its probe (metrics, and an Event on a transition).
-async fn record_health(
-    pool: &TurnPool,
-    ctx: &Context,
-    current: &TurnPoolStatus,
-    probed: &[(TurnServer, probe::Report)],
-    probed_at: &Time,
-) -> Vec<ServerStatus> {
-    let mut statuses = Vec::with_capacity(probed.len());
-    for (server, report) in probed {
-        ctx.metrics
-            .turn_probes
-            .get_or_create(&ResultLabel {
-                result: if report.ok { "healthy" } else { "failed" },
-            })
-            .inc();
-        let before = status::previous(current, server);
-        let after =
-            status::next_server_status(before, server, report, thresholds(pool), probed_at.clone());
-        if before.is_some_and(|b| b.healthy != after.healthy)
-            || (before.is_none() && !after.healthy)
-        {
-            let (type_, reason) = if after.healthy {
-                (EventType::Normal, event::SERVER_HEALTHY)
-            } else {
-                (EventType::Warning, event::SERVER_UNHEALTHY)
-            };
-            publish(
-                ctx,
-                pool,
-                type_,
-                reason,
-                "Probe",
-                format!(
-                    "{}:{} {}: {}",
-                    server.host,
-                    server.port,
-                    if after.healthy {
-                        "is healthy"
-                    } else {
-                        "is unhealthy"
-                    },
-                    after.message.as_deref().unwrap_or("")
-                ),
-            )
-            .await;
-        }
-        statuses.push(after);
-    }
-    statuses
-}
-
 /// Step 5: the status — every server, the counts, the rotation times, the conditions
 /// (written only when it changed).
 async fn write_status(
@@ -454,15 +340,6 @@ async fn prune(
     )
     .await;
     Ok(())
-}
-
-/// The probe's name for a transport of the resource.
-fn probe_transport(t: crate::crd::Transport) -> probe::Transport {
-    match t {
-        crate::crd::Transport::Udp => probe::Transport::Udp,
-        crate::crd::Transport::Tcp => probe::Transport::Tcp,
-        crate::crd::Transport::Tls => probe::Transport::Tls,
-    }
 }
 
 fn probed_at_elapsed(t: &Time) -> Duration {
