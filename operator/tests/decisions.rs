@@ -152,23 +152,31 @@ fn secret(name: &str, key: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns"}, "data": {key: "dmFsdWU="}})
 }
 
-fn writes(calls: &[Call]) -> Vec<&Call> {
-    calls.iter().filter(|c| c.method != "GET").collect()
-}
-
-#[tokio::test]
-async fn a_missing_secret_gives_one_status_write_and_one_warning_event() {
-    let rc = cluster(None);
+/// Reconciles `rc` against a scripted API server that serves `rc` itself (reads and
+/// status writes) and answers the rest by `script`, then the default; returns the calls.
+async fn reconcile_cluster(
+    rc: RealtimeCluster,
+    script: impl Fn(&Call) -> Option<(u16, Value)> + Send + 'static,
+) -> Vec<Call> {
     let live = serde_json::to_value(&rc).unwrap();
     let (client, server) = scripted(Box::new(move |call| {
-        resource(call, "/realtimeclusters/rc", &live)
+        resource(call, "/realtimeclusters/rc", &live).or_else(|| script(call))
     }));
     let ctx = context(client);
     realtime_cluster::reconcile(Arc::new(rc), ctx.clone())
         .await
         .unwrap();
     drop(ctx);
-    let calls = server.await.unwrap();
+    server.await.unwrap()
+}
+
+fn writes(calls: &[Call]) -> Vec<&Call> {
+    calls.iter().filter(|c| c.method != "GET").collect()
+}
+
+#[tokio::test]
+async fn a_missing_secret_gives_one_status_write_and_one_warning_event() {
+    let calls = reconcile_cluster(cluster(None), |_| None).await;
     let writes = writes(&calls);
     assert_eq!(writes.len(), 2, "{writes:#?}");
     let status = writes[0];
@@ -199,17 +207,7 @@ async fn a_missing_secret_gives_one_status_write_and_one_warning_event() {
 #[tokio::test]
 async fn a_reconcile_that_changes_nothing_writes_nothing() {
     // First reconcile: the status a missing Secret leads to…
-    let rc = cluster(None);
-    let live = serde_json::to_value(&rc).unwrap();
-    let (client, server) = scripted(Box::new(move |call| {
-        resource(call, "/realtimeclusters/rc", &live)
-    }));
-    let ctx = context(client);
-    realtime_cluster::reconcile(Arc::new(rc), ctx.clone())
-        .await
-        .unwrap();
-    drop(ctx);
-    let calls = server.await.unwrap();
+    let calls = reconcile_cluster(cluster(None), |_| None).await;
     let written = calls
         .iter()
         .find(|c| c.is("PATCH", "/status"))
@@ -217,21 +215,13 @@ async fn a_reconcile_that_changes_nothing_writes_nothing() {
         .body["status"]
         .clone();
     // …is what the cluster carries now: reconciling again reads, and writes nothing.
-    let (client, server) = scripted(Box::new(|_| None));
-    let ctx = context(client);
-    realtime_cluster::reconcile(Arc::new(cluster(Some(written))), ctx.clone())
-        .await
-        .unwrap();
-    drop(ctx);
-    let calls = server.await.unwrap();
+    let calls = reconcile_cluster(cluster(Some(written)), |_| None).await;
     assert!(writes(&calls).is_empty(), "{calls:#?}");
     assert_eq!(calls.len(), 1, "one read of the missing Secret: {calls:#?}");
 }
 
 #[tokio::test]
 async fn a_child_no_longer_wanted_is_deleted_and_announced() {
-    let rc = cluster(None);
-    let live = serde_json::to_value(&rc).unwrap();
     // A TURN reader Role left from when the cluster had a turnPoolRef.
     let stale_role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -240,14 +230,11 @@ async fn a_child_no_longer_wanted_is_deleted_and_announced() {
                 "name": "rc", "uid": "rc-uid", "controller": true}]},
         "rules": [],
     });
-    let (client, server) = scripted(Box::new(move |call| {
+    let calls = reconcile_cluster(cluster(None), move |call| {
         for (name, key) in [("mongo", "uri"), ("redis", "url"), ("jwt", "secret")] {
             if call.is("GET", &format!("/secrets/{name}")) {
                 return Some((200, secret(name, key)));
             }
-        }
-        if let Some(answer) = resource(call, "/realtimeclusters/rc", &live) {
-            return Some(answer);
         }
         if call.is("GET", "/roles?") {
             return Some((
@@ -257,13 +244,8 @@ async fn a_child_no_longer_wanted_is_deleted_and_announced() {
             ));
         }
         None
-    }));
-    let ctx = context(client);
-    realtime_cluster::reconcile(Arc::new(rc), ctx.clone())
-        .await
-        .unwrap();
-    drop(ctx);
-    let calls = server.await.unwrap();
+    })
+    .await;
     let deletes: Vec<_> = calls.iter().filter(|c| c.method == "DELETE").collect();
     assert_eq!(deletes.len(), 1, "{deletes:#?}");
     assert!(

@@ -32,18 +32,7 @@ async fn fixture(extra: &[&str]) -> Fixture {
         redis::aio::ConnectionManager::new(redis::Client::open(cfg.redis_url.as_str()).unwrap())
             .await
             .expect("Redis reachable at REDIS_URL");
-    let store = Store::connect(
-        &cfg.mongodb.uri,
-        &cfg.mongodb.database,
-        "majority",
-        std::time::Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
-    store
-        .ping()
-        .await
-        .expect("MongoDB reachable at MONGODB_URI");
+    let store = common::store(&cfg).await;
     let producer =
         Arc::new(realtime::kafka::Producer::new(&cfg.kafka, &cfg.kafka.group_prefix).unwrap());
     let chat = Chat::new(&cfg, &redis, &store, producer, Arc::new(Metrics::default()));
@@ -198,25 +187,24 @@ async fn a_refused_action_writes_nothing() {
             json!({"conversationId": "c", "userId": user}),
         )
     };
-    let by_member = f
-        .chat
-        .moderate(&f.who("carol"), Action::Kick, kick("bob"))
-        .await
-        .unwrap_err();
-    assert_eq!(by_member.code, ErrorCode::Forbidden);
-    let of_owner = f
-        .chat
-        .moderate(&f.who("bob"), Action::Kick, kick("alice"))
-        .await
-        .unwrap_err();
-    assert_eq!(of_owner.code, ErrorCode::Forbidden);
-    let of_self = f
-        .chat
-        .moderate(&f.who("bob"), Action::Kick, kick("bob"))
-        .await
-        .unwrap_err();
-    assert_eq!(of_self.code, ErrorCode::Forbidden);
-    assert!(of_self.message.contains("yourself"), "{}", of_self.message);
+    // A member above their rank, a moderator against the owner, anyone against themselves.
+    for (actor, target, says) in [
+        ("carol", "bob", "may not"),
+        ("bob", "alice", "may not"),
+        ("bob", "bob", "yourself"),
+    ] {
+        let refused = f
+            .chat
+            .moderate(&f.who(actor), Action::Kick, kick(target))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden, "{actor} → {target}");
+        assert!(
+            refused.message.contains(says),
+            "{actor} → {target}: {}",
+            refused.message
+        );
+    }
     assert!(f.log().await.is_empty());
 }
 

@@ -102,14 +102,7 @@ async fn a_gateway_runs_in_process_serves_http_and_socket_io_and_stops_on_reques
         "--shutdown-grace-seconds",
         "5",
     ]);
-    let store = realtime::store::Store::connect(
-        &cfg.mongodb.uri,
-        &cfg.mongodb.database,
-        "majority",
-        std::time::Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
+    let store = common::store(&cfg).await;
     let tenant = common::unique("t");
     common::conversation(&store, &tenant, "c", &["alice", "bob"], &[]).await;
 

@@ -15,11 +15,8 @@ use realtime::sequence::Sequencer;
 use realtime::store::{Fence, Store};
 use redis::aio::ConnectionManager;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `scripts/stack.sh up` and `eval \"$(scripts/stack.sh env)\"` (scripts/test.sh does both)")
-    })
-}
+mod common;
+use common::{env, unique};
 
 async fn redis() -> ConnectionManager {
     redis_db(0).await
@@ -39,27 +36,16 @@ async fn redis_db(db: u32) -> ConnectionManager {
 }
 
 async fn store_with(write_concern: &str) -> Store {
-    let store = Store::connect(
+    common::connect_store(
         &env("MONGODB_URI"),
         &format!("it_{}", uuid::Uuid::new_v4().simple()),
         write_concern,
-        std::time::Duration::from_secs(2),
     )
     .await
-    .expect("MONGODB_URI");
-    store
-        .ping()
-        .await
-        .expect("MongoDB reachable at MONGODB_URI");
-    store
 }
 
 async fn store() -> Store {
     store_with("majority").await
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
 fn record(message_id: &str) -> ChatRecord {

@@ -15,6 +15,24 @@ use crate::model::permissions::{self, Action, Role};
 use crate::protocol::{ModerationRequest, RoleRequest, now_ms};
 use crate::store::{LogEntry, RestrictionKind};
 
+/// The `moderation_log` line of `actor` taking `action` against `target` at `at_ms`.
+fn log_entry<'a>(
+    actor: &'a Identity,
+    conversation: &'a str,
+    action: Action,
+    target: &'a str,
+    at_ms: i64,
+) -> LogEntry<'a> {
+    LogEntry::new(
+        &actor.tenant_id,
+        conversation,
+        action.name(),
+        target,
+        &actor.user_id,
+        at_ms,
+    )
+}
+
 impl Chat {
     /// Checks that `actor` may take `action` against `target` in the conversation and
     /// returns the target's standing (`None` when not a participant).
@@ -54,14 +72,7 @@ impl Chat {
         self.authority(actor, conversation, target, action).await?;
 
         let now = now_ms();
-        let mut entry = LogEntry::new(
-            tenant,
-            conversation,
-            action.name(),
-            target,
-            &actor.user_id,
-            now,
-        );
+        let mut entry = log_entry(actor, conversation, action, target, now);
         entry.reason = req.reason.as_deref();
         entry.expires_at_ms = req
             .duration_seconds
@@ -138,14 +149,7 @@ impl Chat {
         if !changed {
             return Err(not_found("left"));
         }
-        let mut entry = LogEntry::new(
-            tenant,
-            conversation,
-            action.name(),
-            target,
-            &actor.user_id,
-            now_ms(),
-        );
+        let mut entry = log_entry(actor, conversation, action, target, now_ms());
         entry.role = Some(req.role);
         self.record(&entry).await?;
         let notice = ModerationNotice {

@@ -47,14 +47,13 @@ impl Chat {
     /// Takes a socket out of the conversation's room state (`room:leave`, a disconnect,
     /// a join that lost its socket) and announces the new online list. Never fails: a
     /// Redis error is logged and the entry expires with the gateway's heartbeat.
-    pub async fn leave(
-        &self,
-        tenant: &str,
-        conversation: &str,
-        user: &str,
-        socket: &str,
-    ) -> Vec<Emit> {
-        match self.rooms.leave(tenant, conversation, user, socket).await {
+    pub async fn leave(&self, id: &Identity, conversation: &str, socket: &str) -> Vec<Emit> {
+        let tenant = &id.tenant_id;
+        match self
+            .rooms
+            .leave(tenant, conversation, &id.user_id, socket)
+            .await
+        {
             Ok(online) => vec![self.presence_emit(tenant, conversation, online)],
             Err(e) => {
                 tracing::warn!(error = %e, "removing a socket from room state failed");

@@ -125,10 +125,7 @@ async fn on_leave<A: Adapter>(
 }
 
 async fn leave_room<A: Adapter>(s: &SocketRef<A>, gw: &Shared, id: &Identity, conversation: &str) {
-    let emits = gw
-        .chat
-        .leave(&id.tenant_id, conversation, &id.user_id, &s.id.to_string())
-        .await;
+    let emits = gw.chat.leave(id, conversation, &s.id.to_string()).await;
     let _ = emit::from_socket(s, emits).await;
 }
 

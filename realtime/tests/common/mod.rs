@@ -41,6 +41,28 @@ pub fn config(extra: &[&str]) -> Config {
     <Config as clap::Parser>::try_parse_from(args).expect("test configuration")
 }
 
+/// The configuration's MongoDB database, reachable.
+pub async fn store(cfg: &Config) -> Store {
+    connect_store(&cfg.mongodb.uri, &cfg.mongodb.database, "majority").await
+}
+
+/// `database` at `uri` with `write_concern` (a 2 s bound), reachable.
+pub async fn connect_store(uri: &str, database: &str, write_concern: &str) -> Store {
+    let store = Store::connect(
+        uri,
+        database,
+        write_concern,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .expect("MONGODB_URI");
+    store
+        .ping()
+        .await
+        .expect("MongoDB reachable at MONGODB_URI");
+    store
+}
+
 /// An HS256 token of `user` in `tenant`, valid for an hour.
 pub fn token(tenant: &str, user: &str) -> String {
     let exp = std::time::SystemTime::now()
