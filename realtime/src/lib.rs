@@ -1,15 +1,21 @@
 //! Realtime data plane.
 //!
 //! Layout, from the edge inwards:
-//! - [`app`] assembles a process for a [`config::Role`] and owns start-up and shutdown;
-//! - [`gateway`] is the Socket.IO `/chat` namespace (handshake, events, confirmations);
+//! - [`app`] assembles a process for a [`config::Role`]: connect the dependencies → start
+//!   the roles → serve → drain (`app::run` takes a bound listener and a shutdown future);
+//! - [`gateway`] is the Socket.IO transport of `/chat` and `/webrtc` (handshake, admission,
+//!   socket rooms, acks, performing emits) and its background confirmations and sweeper;
+//! - [`http`] serves `/healthz`, `/readyz`, `/metrics` and `/v1/ice-servers`;
+//! - [`chat`] is the chat service: every use case (send, history, status, recover, join,
+//!   leave, presence, typing, moderation) on an identity and a typed request, returning a
+//!   typed answer and the emits — no Socket.IO in it;
 //! - [`persister`] moves `chat.messages` into MongoDB and announces what it stored;
-//! - [`http`] serves `/healthz`, `/readyz` and `/metrics`;
-//! - [`chat`] holds the use cases apart from Socket.IO (sending and confirming messages);
+//! - [`model`] is the domain (messages, roles, standing, permissions), depending on nothing;
 //! - [`auth`], [`protocol`], [`error`] are the client contract (tokens, payloads, codes);
-//! - [`store`] (MongoDB), [`kafka`], and the Redis-backed [`rate_limit`], [`sequence`]
-//!   and [`delivery`] (the ledger of every message's state) hold the state; [`keys`]
-//!   names every Redis key and room.
+//! - [`store`] (MongoDB), [`kafka`], [`rooms`] (cached standing, presence, recovery
+//!   window) and the Redis-backed [`rate_limit`], [`sequence`] and [`delivery`] (the
+//!   ledger of every message's state) hold the state; [`keys`] names every Redis key and
+//!   room; [`ice`] follows a TurnPool (or static servers) for ICE configurations.
 
 pub mod app;
 pub mod auth;
