@@ -110,6 +110,15 @@ impl Conn {
 
     /// Sends a request and returns the response with the same transaction id.
     async fn exchange(&mut self, request: &[u8], tx: [u8; 12]) -> Result<Message, ProbeError> {
+        Ok(self.exchange_raw(request, tx).await?.0)
+    }
+
+    /// [`Conn::exchange`], also returning the response's bytes (to check its integrity).
+    async fn exchange_raw(
+        &mut self,
+        request: &[u8],
+        tx: [u8; 12],
+    ) -> Result<(Message, Vec<u8>), ProbeError> {
         match self {
             Conn::Udp(sock) => {
                 let mut buf = vec![0u8; 2048];
@@ -121,7 +130,7 @@ impl Conn {
                             let m = Message::decode(&buf[..n])
                                 .map_err(|e| ProbeError::Protocol(e.to_string()))?;
                             if m.transaction == tx {
-                                return Ok(m);
+                                return Ok((m, buf[..n].to_vec()));
                             }
                         }
                         Ok(Err(e)) => return Err(e.into()),
@@ -141,7 +150,7 @@ impl Conn {
                     let m =
                         Message::decode(&whole).map_err(|e| ProbeError::Protocol(e.to_string()))?;
                     if m.transaction == tx {
-                        return Ok(m);
+                        return Ok((m, whole));
                     }
                 }
             }
@@ -247,9 +256,15 @@ pub async fn allocate(
                 .with(stun::ATTR_REALM, realm.as_str())
                 .with(stun::ATTR_NONCE, nonce.as_str())
                 .encode_with_integrity(&key);
-            let answer = conn.exchange(&request, tx).await?;
+            let (answer, raw) = conn.exchange_raw(&request, tx).await?;
             match (answer.class, answer.error_code()) {
                 (Class::Success, _) => {
+                    // The answer proves the server holds the same secret (RFC 5389 §10.2.3).
+                    if stun::verify_integrity(&raw, &key) != Some(true) {
+                        return Err(ProbeError::Protocol(
+                            "the allocate answer's MESSAGE-INTEGRITY does not verify with the pool's secret".into(),
+                        ));
+                    }
                     let relayed = relayed(&answer)?;
                     let rtt = started.elapsed();
                     release(&mut conn, username, &realm, &nonce, &key).await;

@@ -6,9 +6,11 @@
 //! maintained crates are either a whole sans-IO TURN client (`turn-client-proto`, whose
 //! state machine would be more code than this file) or pull in tokio/ring or an older
 //! RustCrypto line (webrtc-rs `stun`/`turn`, `stun_codec`). The RFC 5769 test vectors
-//! (2.2, 2.4) are tests below. Not done (yet): FINGERPRINT on requests, and checking a
-//! response's MESSAGE-INTEGRITY. If the probe ever needs permissions or channels,
-//! revisit `turn-client-proto`.
+//! (2.2, 2.4) are tests below; a response's MESSAGE-INTEGRITY is verified
+//! ([`verify_integrity`]), so a healthy Allocate proves the server holds the pool's
+//! secret. Not done: FINGERPRINT on requests (optional, RFC 5389 §15.5; no server we
+//! probe requires it). If the probe ever needs permissions or channels, revisit
+//! `turn-client-proto`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -35,6 +37,30 @@ pub const ATTR_NONCE: u16 = 0x0015;
 pub const ATTR_XOR_RELAYED_ADDRESS: u16 = 0x0016;
 pub const ATTR_REQUESTED_TRANSPORT: u16 = 0x0019;
 pub const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+
+/// Whether the MESSAGE-INTEGRITY of the message `raw` verifies with `key` (RFC 5389
+/// §15.4: HMAC-SHA1 over the message up to the attribute, with the header's length
+/// counting up to the end of it); `None` when it has none (or is not a STUN message).
+pub fn verify_integrity(raw: &[u8], key: &[u8]) -> Option<bool> {
+    let len = usize::from(u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]));
+    let body = raw.get(HEADER_LEN..HEADER_LEN + len)?;
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let kind = u16::from_be_bytes([body[at], body[at + 1]]);
+        let alen = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        if kind == ATTR_MESSAGE_INTEGRITY {
+            let expected = body.get(at + 4..at + 4 + alen)?;
+            let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(key).ok()?;
+            mac.update(&raw[..2]);
+            mac.update(&u16::try_from(at + 24).ok()?.to_be_bytes());
+            mac.update(&raw[4..HEADER_LEN]);
+            mac.update(&body[..at]);
+            return Some(mac.verify_slice(expected).is_ok());
+        }
+        at += 4 + alen + pad(alen);
+    }
+    None
+}
 
 /// Protocol number of UDP, the relay transport requested in an Allocate.
 pub const TRANSPORT_UDP: u8 = 17;
@@ -347,6 +373,12 @@ mod tests {
         assert_eq!(wire, EXPECTED);
         let decoded = Message::decode(&EXPECTED).unwrap();
         assert_eq!(decoded.attribute(ATTR_REALM), Some(realm.as_bytes()));
+        let key = long_term_key(user, realm, "TheMatrIX");
+        assert_eq!(verify_integrity(&EXPECTED, &key), Some(true));
+        assert_eq!(
+            verify_integrity(&EXPECTED, &long_term_key(user, realm, "other")),
+            Some(false)
+        );
     }
 
     /// RFC 5769 §2.2: an IPv4 response (SOFTWARE padded with spaces, MESSAGE-INTEGRITY,
@@ -363,6 +395,15 @@ mod tests {
         ];
         let m = Message::decode(&RESPONSE).unwrap();
         assert_eq!(m.class, Class::Success);
+        // Short-term credential: the key is the password. FINGERPRINT after
+        // MESSAGE-INTEGRITY is not covered by it.
+        let password = b"VOkJxbRl1RmTxUk/WvJxBt";
+        assert_eq!(verify_integrity(&RESPONSE, password), Some(true));
+        let mut tampered = RESPONSE;
+        tampered[45] ^= 1; // the mapped address
+        assert_eq!(verify_integrity(&tampered, password), Some(false));
+        let unsigned = Message::request(BINDING_REQUEST, [1; 12]).encode();
+        assert_eq!(verify_integrity(&unsigned, password), None);
         assert_eq!(
             m.xor_address(ATTR_XOR_MAPPED_ADDRESS),
             Some("192.0.2.1:32853".parse().unwrap())
