@@ -62,7 +62,24 @@ pub mod condition {
     pub const REASON_ALL_HEALTHY: &str = "AllHealthy";
     /// TurnPool: some servers are unhealthy (`Degraded=True`).
     pub const REASON_SERVERS_UNHEALTHY: &str = "ServersUnhealthy";
+
+    /// KafkaTopic/MongoIndex: the `realtime.dev/paused` annotation stops reconciling.
+    pub const REASON_PAUSED: &str = "Paused";
+    /// MongoIndex: an index of the same name (or the same keys) with other options exists;
+    /// it is left alone unless `replaceConflicting` is set.
+    pub const REASON_CONFLICT: &str = "Conflict";
+    /// KafkaTopic/MongoIndex: the cluster's broker or database did not answer.
+    pub const REASON_UNREACHABLE: &str = "Unreachable";
+    /// KafkaTopic/MongoIndex: the broker or database answered, and refused the change.
+    pub const REASON_REFUSED: &str = "Refused";
+    /// KafkaTopic/MongoIndex: the external object matches the spec.
+    pub const REASON_IN_SYNC: &str = "InSync";
+    /// KafkaTopic/MongoIndex: the resource is being deleted and the external object with it.
+    pub const REASON_DELETING: &str = "Deleting";
 }
+
+/// On a KafkaTopic or MongoIndex: `"true"` stops reconciling it (a condition says so).
+pub const PAUSE_ANNOTATION: &str = "realtime.dev/paused";
 
 /// Event reasons, in one place as the condition reasons are.
 pub mod event {
@@ -76,6 +93,16 @@ pub mod event {
     pub const SERVER_HEALTHY: &str = "ServerHealthy";
     /// A TurnPool server became unhealthy.
     pub const SERVER_UNHEALTHY: &str = "ServerUnhealthy";
+    /// A MongoIndex's index was created (also: re-created after it was dropped).
+    pub const INDEX_CREATED: &str = "IndexCreated";
+    /// A MongoIndex's TTL was changed in place (`collMod`).
+    pub const INDEX_TTL_CHANGED: &str = "IndexTTLChanged";
+    /// A conflicting index was dropped and created as the spec says (`replaceConflicting`).
+    pub const INDEX_REPLACED: &str = "IndexReplaced";
+    /// A MongoIndex's index was dropped with the resource (`deletionPolicy: Delete`).
+    pub const INDEX_DROPPED: &str = "IndexDropped";
+    /// Dropping an index failed; the finalizer stays until it succeeds.
+    pub const INDEX_DROP_FAILED: &str = "IndexDropFailed";
 }
 
 /// A condition with `lastTransitionTime` left for [`merge_conditions`] to decide.

@@ -81,6 +81,34 @@ pub struct MongoIndexStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Database and collection the index lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The index's name (the spec's, or MongoDB's `field_order_…` default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_name: Option<String>,
+    /// The index as the server reports it (`listIndexes`); absent while it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::mongo_index::any_object")]
+    pub index: Option<serde_json::Value>,
+}
+
+/// The finalizer a MongoIndex carries only while `deletionPolicy: Delete` (so a `Retain`
+/// resource never waits in Terminating).
+pub const MONGO_INDEX_FINALIZER: &str = "realtime.dev/drop-index";
+
+impl MongoIndexSpec {
+    /// The index's name: the spec's, or MongoDB's default (`field_order` pairs joined by
+    /// `_`, e.g. `tenant_id_1_seq_-1`).
+    pub fn index_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.keys
+                .iter()
+                .map(|k| format!("{}_{}", k.field, k.order))
+                .collect::<Vec<_>>()
+                .join("_")
+        })
+    }
 }
 
 pub(crate) fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

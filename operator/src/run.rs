@@ -19,9 +19,9 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::controller::realtime_cluster::conflict;
-use crate::controller::{Context, realtime_cluster, turn_pool};
+use crate::controller::{Context, mongo_index, realtime_cluster, turn_pool};
 
-use crate::crd::{RealtimeCluster, TurnPool};
+use crate::crd::{MongoIndex, RealtimeCluster, TurnPool};
 pub use crate::leader::{LeaderExit, LeaseConfig, run_leader};
 use crate::metrics::Metrics;
 
@@ -122,6 +122,20 @@ pub async fn run_controllers(
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let indexes = Controller::new(api::<MongoIndex>(&client, ns), watcher::Config::default());
+    let index_store = indexes.store();
+    let indexes = indexes
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            mongo_index::reconcile,
+            mongo_index::error_policy,
+            Arc::new(mongo_index::IndexContext::new(ctx.clone())),
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
     let clusters = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -170,12 +184,12 @@ pub async fn run_controllers(
     // are filled nothing is being reconciled, so a shutdown then stops at once.
     let before_ready = async move {
         shutdown.await;
-        if filled(&store) && filled(&pool_store) {
+        if filled(&store) && filled(&pool_store) && filled(&index_store) {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
-        _ = futures::future::join(clusters, pools) => {}
+        _ = futures::future::join3(clusters, pools, indexes) => {}
         () = before_ready => tracing::debug!("stopped before the caches were filled"),
     }
 }

@@ -2,6 +2,7 @@
 //! the pruning of children no longer wanted ([`children`]).
 
 pub mod children;
+pub mod mongo_index;
 pub mod realtime_cluster;
 pub mod turn_pool;
 
@@ -204,6 +205,13 @@ impl WithStatus for RealtimeCluster {
     }
 }
 
+impl WithStatus for crate::crd::MongoIndex {
+    type Status = crate::crd::MongoIndexStatus;
+    fn status_of(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
 impl WithStatus for crate::crd::TurnPool {
     type Status = crate::crd::TurnPoolStatus;
     fn status_of(&self) -> Option<&Self::Status> {
@@ -283,6 +291,9 @@ pub enum Error {
     WriteStatus { what: String, source: kube::Error },
     #[error("deleting {what}: {source}")]
     Delete { what: String, source: kube::Error },
+    /// A database (MongoDB) call failed; the message says which and why.
+    #[error("database: {0}")]
+    Database(String),
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
     #[error("{0}")]
@@ -303,6 +314,7 @@ impl Error {
             | Error::Patch { .. }
             | Error::WriteStatus { .. }
             | Error::Delete { .. } => "kube_api",
+            Error::Database(_) => "database",
             Error::Serialization(_) => "serialization",
             Error::Invalid(_) => "invalid",
         }

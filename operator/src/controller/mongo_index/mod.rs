@@ -1,0 +1,549 @@
+//! MongoIndex reconciler, in steps: paused? → deleting? (drop with `deletionPolicy:
+//! Delete`, then release the finalizer) → keep the finalizer in line with the policy →
+//! resolve the cluster's database → list the indexes → create / change the TTL in place /
+//! report or replace a conflict → write the status with the index as the server reports it.
+//!
+//! An index of the same name with other options (or the same keys under another name) is
+//! never dropped unless `replaceConflicting` is set: the resource is `Stalled` with reason
+//! `Conflict`, naming what differs. A changed TTL is applied with `collMod`, without a
+//! rebuild. The indexes are listed again every [`RESYNC`], so an index dropped behind the
+//! operator's back is created again. The finalizer is only there while the policy is
+//! `Delete`, so a `Retain` resource never waits in Terminating.
+//! Connection strings come from the RealtimeCluster's Secret and appear nowhere else; a
+//! host without a dot in them is a Service of the resource's namespace (`mongo` →
+//! `mongo.<ns>.svc`), so the URI the data plane's pods use works for the operator too.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use mongodb::bson::{Document, doc};
+use sha2::{Digest, Sha256};
+
+use super::{Context, Error, instrumented, object_key, publish, retry_later, update_status};
+use crate::crd::condition::*;
+use crate::crd::event;
+use crate::crd::{
+    DeletionPolicy, MONGO_INDEX_FINALIZER, MongoIndex, MongoIndexStatus, PAUSE_ANNOTATION,
+    RealtimeCluster, condition, merge_conditions,
+};
+use plan::Plan;
+
+pub const KIND: &str = "MongoIndex";
+/// How often the indexes are listed again (drift repair).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest wait for the database to answer (server selection).
+const SERVER_SELECTION: Duration = Duration::from_secs(5);
+
+/// The MongoIndex controller's context: the shared one and a client per database (by the
+/// hash of its connection string).
+pub struct IndexContext {
+    shared: Arc<Context>,
+    clients: Mutex<HashMap<String, mongodb::Client>>,
+}
+
+impl IndexContext {
+    pub fn new(shared: Arc<Context>) -> Self {
+        Self {
+            shared,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// A client for `uri`, whose hosts without a dot are Services of namespace `ns` (as
+    /// the data plane's pods, in that namespace, resolve them).
+    async fn client(&self, uri: &str, ns: &str) -> Result<mongodb::Client, mongodb::error::Error> {
+        let id: String = Sha256::digest(format!("{ns}\n{uri}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(c.clone());
+        }
+        let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+        for host in &mut options.hosts {
+            if let mongodb::options::ServerAddress::Tcp { host, .. } = host {
+                *host = in_namespace(host, ns);
+            }
+        }
+        options.server_selection_timeout = Some(SERVER_SELECTION);
+        options.app_name = Some("realtime-operator".into());
+        let client = mongodb::Client::with_options(options)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, client.clone());
+        Ok(client)
+    }
+}
+
+impl std::ops::Deref for IndexContext {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
+pub async fn reconcile(mi: Arc<MongoIndex>, ctx: Arc<IndexContext>) -> Result<Action, Error> {
+    instrumented(&ctx, KIND, &*mi, reconcile_inner(&mi, &ctx)).await
+}
+
+pub fn error_policy(mi: Arc<MongoIndex>, error: &Error, ctx: Arc<IndexContext>) -> Action {
+    retry_later(&ctx, KIND, &object_key(&*mi), error)
+}
+
+/// Where the index lives.
+struct Target {
+    database: String,
+    collection: mongodb::Collection<Document>,
+}
+
+/// Why a MongoDB call failed, for the condition and the error (no connection string in
+/// it), and whether the server answered (`Refused`) or not (`Unreachable`).
+fn database_error(doing: &str, e: &mongodb::error::Error) -> (&'static str, String) {
+    let reason = if code(e).is_some() {
+        REASON_REFUSED
+    } else {
+        REASON_UNREACHABLE
+    };
+    (reason, format!("{doing}: {}", e.kind))
+}
+
+async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, Error> {
+    let ns = mi
+        .namespace()
+        .ok_or_else(|| Error::Invalid("MongoIndex must be namespaced".into()))?;
+    let api: Api<MongoIndex> = Api::namespaced(ctx.client.clone(), &ns);
+    if mi.metadata.deletion_timestamp.is_some() {
+        return finish_deletion(mi, ctx, &api, &ns).await;
+    }
+    if mi.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
+        let message = format!("{PAUSE_ANNOTATION} is \"true\": not reconciled until it is removed");
+        set_conditions(
+            mi,
+            ctx,
+            reconciling(false, REASON_PAUSED, &message, mi),
+            None,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    keep_finalizer_in_line(mi, &api).await?;
+    let target = match resolve(mi, ctx, &ns).await? {
+        Ok(target) => target,
+        Err(problem) => {
+            stall(mi, ctx, REASON_MISSING_REFERENCE, problem).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let wanted = match plan::wanted(&mi.spec) {
+        Ok(w) => w,
+        Err(problem) => {
+            stall(mi, ctx, REASON_INVALID_SPEC, problem).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let existing = list(mi, ctx, &target).await?;
+    match plan::plan(&wanted, &existing) {
+        Plan::InSync => {}
+        Plan::Create => {
+            create(mi, ctx, &target, &wanted).await?;
+            let note = format!(
+                "created index {} on {}.{}",
+                mi.spec.index_name(),
+                target.database,
+                mi.spec.collection
+            );
+            publish(
+                ctx,
+                mi,
+                EventType::Normal,
+                event::INDEX_CREATED,
+                "Create",
+                note,
+            )
+            .await;
+        }
+        Plan::ChangeTtl { from, to } => {
+            let command = doc! {
+                "collMod": &mi.spec.collection,
+                "index": {"name": mi.spec.index_name(), "expireAfterSeconds": to},
+            };
+            run(
+                mi,
+                ctx,
+                &target,
+                command,
+                "changing the index's TTL (collMod)",
+            )
+            .await?;
+            let note = format!(
+                "expireAfterSeconds of index {} changed in place from {} to {to}",
+                mi.spec.index_name(),
+                from.map_or("none".into(), |f| f.to_string())
+            );
+            publish(
+                ctx,
+                mi,
+                EventType::Normal,
+                event::INDEX_TTL_CHANGED,
+                "CollMod",
+                note,
+            )
+            .await;
+        }
+        Plan::Conflict { existing, differs } if mi.spec.replace_conflicting => {
+            let command = doc! {"dropIndexes": &mi.spec.collection, "index": &existing};
+            run(mi, ctx, &target, command, "dropping the conflicting index").await?;
+            create(mi, ctx, &target, &wanted).await?;
+            let note = format!(
+                "index {existing} differed ({differs}); dropped and created as the spec says (replaceConflicting)"
+            );
+            publish(
+                ctx,
+                mi,
+                EventType::Normal,
+                event::INDEX_REPLACED,
+                "Replace",
+                note,
+            )
+            .await;
+        }
+        Plan::Conflict { existing, differs } => {
+            let problem = format!(
+                "index {existing} on {}.{} exists with other options ({differs}); it is left alone: drop it, change the spec, or set replaceConflicting: true",
+                target.database, mi.spec.collection
+            );
+            stall(mi, ctx, REASON_CONFLICT, problem).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+    }
+    let name = mi.spec.index_name();
+    let reported = list(mi, ctx, &target)
+        .await?
+        .into_iter()
+        .find(|i| i.get_str("name").ok() == Some(name.as_str()));
+    let message = format!(
+        "index {name} on {}.{} matches the spec",
+        target.database, mi.spec.collection
+    );
+    let mut conditions = reconciling(false, REASON_IN_SYNC, &message, mi);
+    conditions.push(condition(
+        READY,
+        reported.is_some(),
+        REASON_IN_SYNC,
+        message,
+        mi.metadata.generation,
+    ));
+    let index = reported.and_then(|d| serde_json::to_value(d).ok());
+    set_conditions(mi, ctx, conditions, Some((target.database, index))).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// `Reconciling` and `Stalled` set to `false` (or `Stalled` false, `Reconciling` as given).
+fn reconciling(on: bool, reason: &str, message: &str, mi: &MongoIndex) -> Vec<Condition> {
+    let generation = mi.metadata.generation;
+    vec![
+        condition(RECONCILING, on, reason, message.to_owned(), generation),
+        condition(STALLED, false, reason, message.to_owned(), generation),
+    ]
+}
+
+/// Writes `conditions` (merged) and, when given, where the index is and how the server
+/// reports it.
+async fn set_conditions(
+    mi: &MongoIndex,
+    ctx: &Context,
+    conditions: Vec<Condition>,
+    index: Option<(String, Option<serde_json::Value>)>,
+) -> Result<Option<MongoIndexStatus>, Error> {
+    let generation = mi.metadata.generation;
+    update_status(mi, ctx, |current| {
+        let mut status = MongoIndexStatus {
+            conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
+            observed_generation: generation,
+            index_name: Some(mi.spec.index_name()),
+            ..current.clone()
+        };
+        if let Some((database, reported)) = &index {
+            status.database = Some(database.clone());
+            status.index.clone_from(reported);
+        }
+        status
+    })
+    .await
+}
+
+/// `Stalled` with `reason`, not `Ready`, and one Warning Event per change.
+async fn stall(mi: &MongoIndex, ctx: &Context, reason: &str, problem: String) -> Result<(), Error> {
+    let generation = mi.metadata.generation;
+    let conditions = vec![
+        condition(READY, false, reason, problem.clone(), generation),
+        condition(STALLED, true, reason, problem.clone(), generation),
+        condition(RECONCILING, false, reason, problem.clone(), generation),
+    ];
+    if set_conditions(mi, ctx, conditions, None).await?.is_some() {
+        publish(ctx, mi, EventType::Warning, reason, "Reconcile", problem).await;
+    }
+    Ok(())
+}
+
+/// The database and collection of the cluster named by `clusterRef`, or what is missing.
+async fn resolve(
+    mi: &MongoIndex,
+    ctx: &IndexContext,
+    ns: &str,
+) -> Result<Result<Target, String>, Error> {
+    let clusters: Api<RealtimeCluster> = Api::namespaced(ctx.client.clone(), ns);
+    let name = &mi.spec.cluster_ref.name;
+    let Some(rc) = clusters
+        .get_opt(name)
+        .await
+        .map_err(Error::reading(&clusters, name))?
+    else {
+        return Ok(Err(format!(
+            "RealtimeCluster {ns}/{name} (spec.clusterRef) does not exist"
+        )));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let r = &rc.spec.mongodb.uri_secret_ref;
+    let Some(secret) = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::reading(&secrets, &r.name))?
+    else {
+        return Ok(Err(format!(
+            "Secret {ns}/{} (the MongoDB URI of RealtimeCluster {name}) does not exist",
+            r.name
+        )));
+    };
+    let Some(uri) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    else {
+        return Ok(Err(format!(
+            "Secret {ns}/{} has no key {:?}",
+            r.name, r.key
+        )));
+    };
+    let database = mi
+        .spec
+        .database
+        .clone()
+        .unwrap_or_else(|| rc.spec.mongodb.database.clone());
+    let client = match ctx.client(&uri, ns).await {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(format!(
+                "the MongoDB URI in Secret {ns}/{} is not usable: {}",
+                r.name, e.kind
+            )));
+        }
+    };
+    Ok(Ok(Target {
+        collection: client.database(&database).collection(&mi.spec.collection),
+        database,
+    }))
+}
+
+/// The collection's indexes (none when it does not exist yet).
+async fn list(mi: &MongoIndex, ctx: &Context, target: &Target) -> Result<Vec<Document>, Error> {
+    use futures::TryStreamExt;
+    let listed = match target.collection.list_indexes().await {
+        Ok(cursor) => cursor.try_collect::<Vec<_>>().await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(indexes) => Ok(indexes
+            .into_iter()
+            .filter_map(|m| mongodb::bson::to_document(&m).ok())
+            .collect()),
+        Err(e) if code(&e) == Some(26) => Ok(Vec::new()),
+        Err(e) => Err(unreachable(mi, ctx, database_error("listing the indexes", &e)).await),
+    }
+}
+
+async fn create(
+    mi: &MongoIndex,
+    ctx: &Context,
+    target: &Target,
+    wanted: &Document,
+) -> Result<(), Error> {
+    let command = doc! {"createIndexes": &mi.spec.collection, "indexes": [wanted.clone()]};
+    run(mi, ctx, target, command, "creating the index").await
+}
+
+/// Runs a command on the index's database.
+async fn run(
+    mi: &MongoIndex,
+    ctx: &Context,
+    target: &Target,
+    command: Document,
+    doing: &str,
+) -> Result<(), Error> {
+    let db = target.collection.client().database(&target.database);
+    match db.run_command(command).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(unreachable(mi, ctx, database_error(doing, &e)).await),
+    }
+}
+
+/// Reports a database failure in the conditions and returns it as the reconcile's error
+/// (retried with back-off).
+async fn unreachable(mi: &MongoIndex, ctx: &Context, (reason, problem): (&str, String)) -> Error {
+    let generation = mi.metadata.generation;
+    let conditions = vec![
+        condition(READY, false, reason, problem.clone(), generation),
+        condition(RECONCILING, true, reason, problem.clone(), generation),
+    ];
+    if let Err(e) = set_conditions(mi, ctx, conditions, None).await {
+        tracing::warn!(error = %e, "reporting a database failure failed");
+    }
+    Error::Database(problem)
+}
+
+fn code(e: &mongodb::error::Error) -> Option<i32> {
+    match &*e.kind {
+        mongodb::error::ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+/// Adds the finalizer while the policy is `Delete`, removes it when it is `Retain`.
+async fn keep_finalizer_in_line(mi: &MongoIndex, api: &Api<MongoIndex>) -> Result<(), Error> {
+    let has = mi.finalizers().iter().any(|f| f == MONGO_INDEX_FINALIZER);
+    let wants = mi.spec.deletion_policy == DeletionPolicy::Delete;
+    if has == wants {
+        return Ok(());
+    }
+    set_finalizer(mi, api, wants).await
+}
+
+async fn set_finalizer(mi: &MongoIndex, api: &Api<MongoIndex>, present: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = mi
+        .finalizers()
+        .iter()
+        .filter(|f| *f != MONGO_INDEX_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(MONGO_INDEX_FINALIZER.to_owned());
+    }
+    // The resourceVersion makes this a compare-and-swap of the whole list.
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": mi.resource_version(),
+    }});
+    let name = mi.name_any();
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::patching(api, &name))?;
+    Ok(())
+}
+
+/// The resource is being deleted: with `Delete`, drop the index (gone already counts),
+/// then release the finalizer; with `Retain` only release it.
+async fn finish_deletion(
+    mi: &MongoIndex,
+    ctx: &IndexContext,
+    api: &Api<MongoIndex>,
+    ns: &str,
+) -> Result<Action, Error> {
+    if !mi.finalizers().iter().any(|f| f == MONGO_INDEX_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    if mi.spec.deletion_policy == DeletionPolicy::Delete {
+        let name = mi.spec.index_name();
+        let dropped = match resolve(mi, ctx, ns).await? {
+            Ok(target) => {
+                let db = target.collection.client().database(&target.database);
+                match db
+                    .run_command(doc! {"dropIndexes": &mi.spec.collection, "index": &name})
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    // The collection or the index is gone already.
+                    Err(e) if matches!(code(&e), Some(26 | 27)) => Ok(()),
+                    Err(e) => Err(database_error("dropping the index", &e).1),
+                }
+            }
+            Err(problem) => Err(problem),
+        };
+        if let Err(problem) = dropped {
+            let note = format!(
+                "{problem}; the resource stays until the index can be dropped. To keep the index and let the resource go, set spec.deletionPolicy: Retain (or remove the finalizer {MONGO_INDEX_FINALIZER})"
+            );
+            publish(
+                ctx,
+                mi,
+                EventType::Warning,
+                event::INDEX_DROP_FAILED,
+                "Delete",
+                note.clone(),
+            )
+            .await;
+            let generation = mi.metadata.generation;
+            let conditions = vec![condition(READY, false, REASON_DELETING, note, generation)];
+            set_conditions(mi, ctx, conditions, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        let note = format!("index {name} dropped with the resource (deletionPolicy: Delete)");
+        publish(
+            ctx,
+            mi,
+            EventType::Normal,
+            event::INDEX_DROPPED,
+            "Delete",
+            note,
+        )
+        .await;
+    }
+    set_finalizer(mi, api, false).await?;
+    Ok(Action::await_change())
+}
+
+/// `host` as the operator must dial it: a name without a dot (a Service of the
+/// resource's namespace, e.g. `mongo`) becomes `mongo.<ns>.svc`; anything else is kept.
+fn in_namespace(host: &str, ns: &str) -> String {
+    if host.contains('.') || host.contains(':') || host == "localhost" {
+        host.to_owned()
+    } else {
+        format!("{host}.{ns}.svc")
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_namespace;
+
+    #[test]
+    fn short_service_names_are_taken_in_the_resources_namespace() {
+        assert_eq!(in_namespace("mongo", "chat"), "mongo.chat.svc");
+        assert_eq!(
+            in_namespace("mongo.db.svc.cluster.local", "chat"),
+            "mongo.db.svc.cluster.local"
+        );
+        assert_eq!(in_namespace("127.0.0.1", "chat"), "127.0.0.1");
+        assert_eq!(in_namespace("localhost", "chat"), "localhost");
+        assert_eq!(in_namespace("::1", "chat"), "::1");
+    }
+}
