@@ -104,6 +104,36 @@ async fn wait_condition(
     .await
 }
 
+/// Deletes MongoIndex `name` and waits until it is gone.
+async fn delete_and_wait(env: &Env, name: &str) {
+    env.api::<MongoIndex>()
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the MongoIndex to be gone", 30, || async {
+        let gone = env
+            .api::<MongoIndex>()
+            .get_opt(name)
+            .await
+            .unwrap()
+            .is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+/// Sets (or, with `null`, removes) one annotation of MongoIndex `name`.
+async fn annotate(env: &Env, name: &str, key: &str, value: Value) {
+    env.api::<MongoIndex>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
 fn ttl(index: &Document) -> Option<i64> {
     index
         .get_i64("expireAfterSeconds")
@@ -164,33 +194,14 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
             .await
             .is_none()
     );
-    env.api::<MongoIndex>()
-        .patch(
-            "expiry",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&env, "expiry", "test/poke", json!("1")).await;
     eventually("the dropped index to be back", 30, || async {
         server_index(&db, "messages", "created_at_1").await
     })
     .await;
 
     // Retain: the resource goes at once, the index stays.
-    env.api::<MongoIndex>()
-        .delete("expiry", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the MongoIndex to be gone", 20, || async {
-        env.api::<MongoIndex>()
-            .get_opt("expiry")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&env, "expiry").await;
     assert!(
         server_index(&db, "messages", "created_at_1")
             .await
@@ -268,14 +279,7 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
     );
 
     // Paused: a change is not applied, and a condition says why.
-    env.api::<MongoIndex>()
-        .patch(
-            "by-tenant",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"realtime.dev/paused": "true"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&env, "by-tenant", "realtime.dev/paused", json!("true")).await;
     wait_condition(&env, "by-tenant", "Reconciling", "False", "Paused").await;
     db.run_command(doc! {"dropIndexes": "conversations", "index": "by_tenant"})
         .await
@@ -295,33 +299,14 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
             .is_none(),
         "not repaired while paused"
     );
-    env.api::<MongoIndex>()
-        .patch(
-            "by-tenant",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"realtime.dev/paused": null}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&env, "by-tenant", "realtime.dev/paused", json!(null)).await;
     eventually("the index back after the pause", 30, || async {
         server_index(&db, "conversations", "by_tenant").await
     })
     .await;
 
     // Delete: the index goes with the resource.
-    env.api::<MongoIndex>()
-        .delete("by-tenant", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the MongoIndex to be gone", 30, || async {
-        env.api::<MongoIndex>()
-            .get_opt("by-tenant")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&env, "by-tenant").await;
     assert!(
         server_index(&db, "conversations", "by_tenant")
             .await
