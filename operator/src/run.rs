@@ -124,7 +124,23 @@ pub async fn run_controllers(
         });
     let indexes = Controller::new(api::<MongoIndex>(&client, ns), watcher::Config::default());
     let index_store = indexes.store();
+    let by_index = index_store.clone();
     let indexes = indexes
+        // A MongoIndex applied before its RealtimeCluster (`kubectl apply -f examples/`
+        // goes in file order) is reconciled again when the cluster appears or changes.
+        .watches(
+            api::<RealtimeCluster>(&client, ns),
+            watcher::Config::default(),
+            move |rc| {
+                let (name, namespace) = (rc.name_any(), rc.namespace());
+                by_index
+                    .state()
+                    .into_iter()
+                    .filter(|mi| mi.namespace() == namespace && mi.spec.cluster_ref.name == name)
+                    .map(|mi| ObjectRef::from_obj(&*mi))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone())
         .run(
             mongo_index::reconcile,

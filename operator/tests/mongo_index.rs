@@ -316,7 +316,8 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
     let body = json!({
         "apiVersion": "realtime.dev/v1alpha1", "kind": "MongoIndex",
         "metadata": {"name": "orphan"},
-        "spec": {"collection": "x", "keys": [{"field": "a", "order": 1}], "clusterRef": {"name": "nowhere"}},
+        "spec": {"collection": "x", "keys": [{"field": "a", "order": 1}], "clusterRef": {"name": "nowhere"},
+            "database": database},
     });
     env.api::<MongoIndex>()
         .patch(
@@ -335,5 +336,13 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
         .find(|c| c.type_ == "Stalled")
         .unwrap();
     assert!(stalled.message.contains("nowhere"), "{}", stalled.message);
+    // The cluster appears (after the index, as `kubectl apply -f` in file order does): the
+    // index follows without anyone touching it.
+    env.api::<RealtimeCluster>()
+        .create(&PostParams::default(), &minimal_cluster("nowhere"))
+        .await
+        .unwrap();
+    wait_condition(&env, "orphan", "Ready", "True", "InSync").await;
+    assert!(server_index(&db, "x", "a_1").await.is_some());
     db.drop().await.unwrap();
 }

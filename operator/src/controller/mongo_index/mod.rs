@@ -40,6 +40,8 @@ use plan::Plan;
 pub const KIND: &str = "MongoIndex";
 /// How often the indexes are listed again (drift repair).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a MongoIndex whose cluster or Secret is missing looks again.
+const MISSING_RETRY: Duration = Duration::from_secs(15);
 /// Longest wait for the database to answer (server selection).
 const SERVER_SELECTION: Duration = Duration::from_secs(5);
 
@@ -146,7 +148,8 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
         Ok(target) => target,
         Err(problem) => {
             stall(mi, ctx, REASON_MISSING_REFERENCE, problem).await?;
-            return Ok(Action::await_change());
+            // The cluster's appearance triggers a reconcile; its Secret's does not.
+            return Ok(Action::requeue(MISSING_RETRY));
         }
     };
     let wanted = match plan::wanted(&mi.spec) {
