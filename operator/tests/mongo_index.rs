@@ -205,6 +205,7 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
             .is_some()
     );
     db.drop().await.unwrap();
+    env.stop().await;
 }
 
 #[tokio::test]
@@ -255,6 +256,7 @@ async fn a_conflict_is_reported_and_left_alone_until_the_spec_opts_in_to_replace
     assert_eq!(replaced.get_bool("unique"), Ok(true));
     wait_event(&env, "IndexReplaced", "Normal", "by_user").await;
     db.drop().await.unwrap();
+    env.stop().await;
 }
 
 #[tokio::test]
@@ -345,4 +347,5 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
     wait_condition(&env, "orphan", "Ready", "True", "InSync").await;
     assert!(server_index(&db, "x", "a_1").await.is_some());
     db.drop().await.unwrap();
+    env.stop().await;
 }
