@@ -76,6 +76,17 @@ pub mod condition {
     pub const REASON_IN_SYNC: &str = "InSync";
     /// KafkaTopic/MongoIndex: the resource is being deleted and the external object with it.
     pub const REASON_DELETING: &str = "Deleting";
+    /// Another resource manages the same object (the same topic on the same brokers);
+    /// the older one wins.
+    pub const REASON_RESOURCE_CONFLICT: &str = "ResourceConflict";
+    /// The server lacks an API the change needs (the message names it).
+    pub const REASON_NOT_SUPPORTED: &str = "NotSupported";
+    /// The spec asks for fewer partitions than the topic has: Kafka cannot do that.
+    pub const REASON_PARTITION_DECREASE: &str = "PartitionDecrease";
+    /// The spec asks for another replication factor than the topic has: refused.
+    pub const REASON_REPLICATION_FACTOR_CHANGE: &str = "ReplicationFactorChange";
+    /// `spec.topicName` changed after the topic was created: refused.
+    pub const REASON_TOPIC_NAME_CHANGE: &str = "TopicNameChange";
 }
 
 /// On a KafkaTopic or MongoIndex: `"true"` stops reconciling it (a condition says so).
@@ -103,6 +114,18 @@ pub mod event {
     pub const INDEX_DROPPED: &str = "IndexDropped";
     /// Dropping an index failed; the finalizer stays until it succeeds.
     pub const INDEX_DROP_FAILED: &str = "IndexDropFailed";
+    /// A KafkaTopic's topic was created.
+    pub const TOPIC_CREATED: &str = "TopicCreated";
+    /// An existing topic was taken under management.
+    pub const TOPIC_ADOPTED: &str = "TopicAdopted";
+    /// Topic configs were set back to the spec (drift) or changed as the spec says.
+    pub const TOPIC_CONFIG_CHANGED: &str = "TopicConfigChanged";
+    /// Partitions were added as the spec says.
+    pub const PARTITIONS_INCREASED: &str = "PartitionsIncreased";
+    /// A KafkaTopic's topic was deleted with the resource (`deletionPolicy: Delete`).
+    pub const TOPIC_DELETED: &str = "TopicDeleted";
+    /// Deleting a topic failed; the finalizer stays until it succeeds.
+    pub const TOPIC_DELETE_FAILED: &str = "TopicDeleteFailed";
 }
 
 /// A condition with `lastTransitionTime` left for [`merge_conditions`] to decide.

@@ -19,9 +19,9 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::controller::realtime_cluster::conflict;
-use crate::controller::{Context, mongo_index, realtime_cluster, turn_pool};
+use crate::controller::{Context, kafka_topic, mongo_index, realtime_cluster, turn_pool};
 
-use crate::crd::{MongoIndex, RealtimeCluster, TurnPool};
+use crate::crd::{KafkaTopic, MongoIndex, RealtimeCluster, TurnPool};
 pub use crate::leader::{LeaderExit, LeaseConfig, run_leader};
 use crate::metrics::Metrics;
 
@@ -79,7 +79,8 @@ fn referencing<K: kube::Resource>(
         .collect()
 }
 
-/// Runs the RealtimeCluster and TurnPool controllers until `shutdown` resolves.
+/// Runs the RealtimeCluster, TurnPool, MongoIndex and KafkaTopic controllers until
+/// `shutdown` resolves.
 pub async fn run_controllers(
     client: Client,
     namespace: Option<String>,
@@ -152,6 +153,47 @@ pub async fn run_controllers(
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let topics = Controller::new(api::<KafkaTopic>(&client, ns), watcher::Config::default());
+    let topic_store = topics.store();
+    let (by_topic, by_topic_cluster) = (topic_store.clone(), topic_store.clone());
+    let topics = topics
+        // A KafkaTopic that gave way to an older one of the same topic takes over when
+        // that one goes or changes.
+        .watches(
+            api::<KafkaTopic>(&client, ns),
+            watcher::Config::default(),
+            move |kt| kafka_topic::same_topic(&kt, &by_topic.state()),
+        )
+        .watches(
+            api::<RealtimeCluster>(&client, ns),
+            watcher::Config::default(),
+            move |rc| {
+                let (name, namespace) = (rc.name_any(), rc.namespace());
+                by_topic_cluster
+                    .state()
+                    .into_iter()
+                    .filter(|kt| {
+                        kt.namespace() == namespace
+                            && kt.spec.cluster_ref.as_ref().is_some_and(|r| r.name == name)
+                    })
+                    .map(|kt| ObjectRef::from_obj(&*kt))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            kafka_topic::reconcile,
+            kafka_topic::error_policy,
+            Arc::new(kafka_topic::TopicContext::new(
+                ctx.clone(),
+                topic_store.clone(),
+            )),
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
     let clusters = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -200,12 +242,12 @@ pub async fn run_controllers(
     // are filled nothing is being reconciled, so a shutdown then stops at once.
     let before_ready = async move {
         shutdown.await;
-        if filled(&store) && filled(&pool_store) && filled(&index_store) {
+        if filled(&store) && filled(&pool_store) && filled(&index_store) && filled(&topic_store) {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
-        _ = futures::future::join3(clusters, pools, indexes) => {}
+        _ = futures::future::join4(clusters, pools, indexes, topics) => {}
         () = before_ready => tracing::debug!("stopped before the caches were filled"),
     }
 }

@@ -2,6 +2,8 @@
 //! the pruning of children no longer wanted ([`children`]).
 
 pub mod children;
+pub mod external;
+pub mod kafka_topic;
 pub mod mongo_index;
 pub mod realtime_cluster;
 pub mod turn_pool;
@@ -212,6 +214,13 @@ impl WithStatus for crate::crd::MongoIndex {
     }
 }
 
+impl WithStatus for crate::crd::KafkaTopic {
+    type Status = crate::crd::KafkaTopicStatus;
+    fn status_of(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
 impl WithStatus for crate::crd::TurnPool {
     type Status = crate::crd::TurnPoolStatus;
     fn status_of(&self) -> Option<&Self::Status> {
@@ -294,6 +303,9 @@ pub enum Error {
     /// A database (MongoDB) call failed; the message says which and why.
     #[error("database: {0}")]
     Database(String),
+    /// A Kafka Admin API call failed; the message says which and why.
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
     #[error("{0}")]
@@ -315,6 +327,7 @@ impl Error {
             | Error::WriteStatus { .. }
             | Error::Delete { .. } => "kube_api",
             Error::Database(_) => "database",
+            Error::Kafka(_) => "kafka",
             Error::Serialization(_) => "serialization",
             Error::Invalid(_) => "invalid",
         }

@@ -20,20 +20,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use mongodb::bson::{Document, doc};
 use sha2::{Digest, Sha256};
 
-use super::{Context, Error, instrumented, object_key, publish, retry_later, update_status};
+use super::external::{self, External};
+use super::{Context, Error, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
 use crate::crd::event;
 use crate::crd::{
-    DeletionPolicy, MONGO_INDEX_FINALIZER, MongoIndex, MongoIndexStatus, PAUSE_ANNOTATION,
-    RealtimeCluster, condition, merge_conditions,
+    DeletionPolicy, MONGO_INDEX_FINALIZER, MongoIndex, MongoIndexStatus, RealtimeCluster, condition,
 };
 use plan::Plan;
 
@@ -78,7 +78,7 @@ impl IndexContext {
         let mut options = mongodb::options::ClientOptions::parse(uri).await?;
         for host in &mut options.hosts {
             if let mongodb::options::ServerAddress::Tcp { host, .. } = host {
-                *host = in_namespace(host, ns);
+                *host = external::in_namespace(host, ns);
             }
         }
         options.server_selection_timeout = Some(SERVER_SELECTION);
@@ -96,6 +96,25 @@ impl std::ops::Deref for IndexContext {
     type Target = Context;
     fn deref(&self) -> &Context {
         &self.shared
+    }
+}
+
+impl External for MongoIndex {
+    const FINALIZER: &'static str = MONGO_INDEX_FINALIZER;
+    const OBJECT: &'static str = "index";
+    fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec.deletion_policy
+    }
+    fn conditions(status: &MongoIndexStatus) -> &[Condition] {
+        &status.conditions
+    }
+    fn set_conditions(
+        status: &mut MongoIndexStatus,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+    ) {
+        status.conditions = conditions;
+        status.observed_generation = generation;
     }
 }
 
@@ -132,22 +151,15 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
     if mi.metadata.deletion_timestamp.is_some() {
         return finish_deletion(mi, ctx, &api, &ns).await;
     }
-    if mi.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
-        let message = format!("{PAUSE_ANNOTATION} is \"true\": not reconciled until it is removed");
-        set_conditions(
-            mi,
-            ctx,
-            reconciling(false, REASON_PAUSED, &message, mi),
-            None,
-        )
-        .await?;
+    if let Some(message) = external::paused(mi) {
+        external::pause(mi, ctx, &message).await?;
         return Ok(Action::await_change());
     }
-    keep_finalizer_in_line(mi, &api).await?;
+    external::keep_finalizer_in_line(mi, &api).await?;
     let target = match resolve(mi, ctx, &ns).await? {
         Ok(target) => target,
         Err(problem) => {
-            stall(mi, ctx, REASON_MISSING_REFERENCE, problem).await?;
+            external::stall(mi, ctx, REASON_MISSING_REFERENCE, problem, |_| {}).await?;
             // The cluster's appearance triggers a reconcile; its Secret's does not.
             return Ok(Action::requeue(MISSING_RETRY));
         }
@@ -155,7 +167,7 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
     let wanted = match plan::wanted(&mi.spec) {
         Ok(w) => w,
         Err(problem) => {
-            stall(mi, ctx, REASON_INVALID_SPEC, problem).await?;
+            external::stall(mi, ctx, REASON_INVALID_SPEC, problem, |_| {}).await?;
             return Ok(Action::await_change());
         }
     };
@@ -230,7 +242,7 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
                 "index {existing} on {}.{} exists with other options ({differs}); it is left alone: drop it, change the spec, or set replaceConflicting: true",
                 target.database, mi.spec.collection
             );
-            stall(mi, ctx, REASON_CONFLICT, problem).await?;
+            external::stall(mi, ctx, REASON_CONFLICT, problem, |_| {}).await?;
             return Ok(Action::requeue(RESYNC));
         }
     }
@@ -243,7 +255,7 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
         "index {name} on {}.{} matches the spec",
         target.database, mi.spec.collection
     );
-    let mut conditions = reconciling(false, REASON_IN_SYNC, &message, mi);
+    let mut conditions = external::reconciling(false, REASON_IN_SYNC, &message, mi);
     conditions.push(condition(
         READY,
         reported.is_some(),
@@ -252,56 +264,13 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
         mi.metadata.generation,
     ));
     let index = reported.and_then(|d| serde_json::to_value(d).ok());
-    set_conditions(mi, ctx, conditions, Some((target.database, index))).await?;
-    Ok(Action::requeue(RESYNC))
-}
-
-/// `Reconciling` and `Stalled` set to `false` (or `Stalled` false, `Reconciling` as given).
-fn reconciling(on: bool, reason: &str, message: &str, mi: &MongoIndex) -> Vec<Condition> {
-    let generation = mi.metadata.generation;
-    vec![
-        condition(RECONCILING, on, reason, message.to_owned(), generation),
-        condition(STALLED, false, reason, message.to_owned(), generation),
-    ]
-}
-
-/// Writes `conditions` (merged) and, when given, where the index is and how the server
-/// reports it.
-async fn set_conditions(
-    mi: &MongoIndex,
-    ctx: &Context,
-    conditions: Vec<Condition>,
-    index: Option<(String, Option<serde_json::Value>)>,
-) -> Result<Option<MongoIndexStatus>, Error> {
-    let generation = mi.metadata.generation;
-    update_status(mi, ctx, |current| {
-        let mut status = MongoIndexStatus {
-            conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
-            observed_generation: generation,
-            index_name: Some(mi.spec.index_name()),
-            ..current.clone()
-        };
-        if let Some((database, reported)) = &index {
-            status.database = Some(database.clone());
-            status.index.clone_from(reported);
-        }
-        status
+    external::write(mi, ctx, conditions, |status| {
+        status.index_name = Some(name.clone());
+        status.database = Some(target.database.clone());
+        status.index.clone_from(&index);
     })
-    .await
-}
-
-/// `Stalled` with `reason`, not `Ready`, and one Warning Event per change.
-async fn stall(mi: &MongoIndex, ctx: &Context, reason: &str, problem: String) -> Result<(), Error> {
-    let generation = mi.metadata.generation;
-    let conditions = vec![
-        condition(READY, false, reason, problem.clone(), generation),
-        condition(STALLED, true, reason, problem.clone(), generation),
-        condition(RECONCILING, false, reason, problem.clone(), generation),
-    ];
-    if set_conditions(mi, ctx, conditions, None).await?.is_some() {
-        publish(ctx, mi, EventType::Warning, reason, "Reconcile", problem).await;
-    }
-    Ok(())
+    .await?;
+    Ok(Action::requeue(RESYNC))
 }
 
 /// The database and collection of the cluster named by `clusterRef`, or what is missing.
@@ -409,14 +378,7 @@ async fn run(
 /// Reports a database failure in the conditions and returns it as the reconcile's error
 /// (retried with back-off).
 async fn unreachable(mi: &MongoIndex, ctx: &Context, (reason, problem): (&str, String)) -> Error {
-    let generation = mi.metadata.generation;
-    let conditions = vec![
-        condition(READY, false, reason, problem.clone(), generation),
-        condition(RECONCILING, true, reason, problem.clone(), generation),
-    ];
-    if let Err(e) = set_conditions(mi, ctx, conditions, None).await {
-        tracing::warn!(error = %e, "reporting a database failure failed");
-    }
+    external::failing(mi, ctx, reason, &problem).await;
     Error::Database(problem)
 }
 
@@ -427,38 +389,6 @@ fn code(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
-/// Adds the finalizer while the policy is `Delete`, removes it when it is `Retain`.
-async fn keep_finalizer_in_line(mi: &MongoIndex, api: &Api<MongoIndex>) -> Result<(), Error> {
-    let has = mi.finalizers().iter().any(|f| f == MONGO_INDEX_FINALIZER);
-    let wants = mi.spec.deletion_policy == DeletionPolicy::Delete;
-    if has == wants {
-        return Ok(());
-    }
-    set_finalizer(mi, api, wants).await
-}
-
-async fn set_finalizer(mi: &MongoIndex, api: &Api<MongoIndex>, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = mi
-        .finalizers()
-        .iter()
-        .filter(|f| *f != MONGO_INDEX_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(MONGO_INDEX_FINALIZER.to_owned());
-    }
-    // The resourceVersion makes this a compare-and-swap of the whole list.
-    let patch = serde_json::json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": mi.resource_version(),
-    }});
-    let name = mi.name_any();
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::patching(api, &name))?;
-    Ok(())
-}
-
 /// The resource is being deleted: with `Delete`, drop the index (gone already counts),
 /// then release the finalizer; with `Retain` only release it.
 async fn finish_deletion(
@@ -467,7 +397,7 @@ async fn finish_deletion(
     api: &Api<MongoIndex>,
     ns: &str,
 ) -> Result<Action, Error> {
-    if !mi.finalizers().iter().any(|f| f == MONGO_INDEX_FINALIZER) {
+    if !external::holds_finalizer(mi) {
         return Ok(Action::await_change());
     }
     if mi.spec.deletion_policy == DeletionPolicy::Delete {
@@ -488,21 +418,7 @@ async fn finish_deletion(
             Err(problem) => Err(problem),
         };
         if let Err(problem) = dropped {
-            let note = format!(
-                "{problem}; the resource stays until the index can be dropped. To keep the index and let the resource go, set spec.deletionPolicy: Retain (or remove the finalizer {MONGO_INDEX_FINALIZER})"
-            );
-            publish(
-                ctx,
-                mi,
-                EventType::Warning,
-                event::INDEX_DROP_FAILED,
-                "Delete",
-                note.clone(),
-            )
-            .await;
-            let generation = mi.metadata.generation;
-            let conditions = vec![condition(READY, false, REASON_DELETING, note, generation)];
-            set_conditions(mi, ctx, conditions, None).await?;
+            external::deletion_blocked(mi, ctx, event::INDEX_DROP_FAILED, &problem).await?;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
         let note = format!("index {name} dropped with the resource (deletionPolicy: Delete)");
@@ -516,37 +432,6 @@ async fn finish_deletion(
         )
         .await;
     }
-    set_finalizer(mi, api, false).await?;
+    external::set_finalizer(mi, api, false).await?;
     Ok(Action::await_change())
-}
-
-/// `host` as the operator must dial it: a name without a dot (a Service of the
-/// resource's namespace, e.g. `mongo`) becomes `mongo.<ns>.svc`; anything else is kept.
-fn in_namespace(host: &str, ns: &str) -> String {
-    if host.contains('.') || host.contains(':') || host == "localhost" {
-        host.to_owned()
-    } else {
-        format!("{host}.{ns}.svc")
-    }
-}
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::in_namespace;
-
-    #[test]
-    fn short_service_names_are_taken_in_the_resources_namespace() {
-        assert_eq!(in_namespace("mongo", "chat"), "mongo.chat.svc");
-        assert_eq!(
-            in_namespace("mongo.db.svc.cluster.local", "chat"),
-            "mongo.db.svc.cluster.local"
-        );
-        assert_eq!(in_namespace("127.0.0.1", "chat"), "127.0.0.1");
-        assert_eq!(in_namespace("localhost", "chat"), "localhost");
-        assert_eq!(in_namespace("::1", "chat"), "::1");
-    }
 }
