@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::cluster::wait_event;
+use common::cluster::{annotate, delete_and_wait, message_of, wait_event, wait_reason};
 use common::{Env, eventually, minimal_cluster};
 use futures::TryStreamExt;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use mongodb::bson::{Document, doc};
 use realtime_operator::crd::{MONGO_INDEX_FINALIZER, MongoIndex, RealtimeCluster};
 use serde_json::{Value, json};
@@ -81,59 +81,6 @@ async fn server_index(db: &mongodb::Database, collection: &str, name: &str) -> O
         .find(|d| d.get_str("name").ok() == Some(name))
 }
 
-/// Waits for condition `type_` of MongoIndex `name` to have `status` and `reason`; returns
-/// the resource.
-async fn wait_condition(
-    env: &Env,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> MongoIndex {
-    let what = format!("{name}: {type_}={status}/{reason}");
-    eventually(&what, 30, || async {
-        let mi = env.api::<MongoIndex>().get(name).await.unwrap();
-        let c = mi
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)?;
-        (c.status == status && c.reason == reason).then_some(mi.clone())
-    })
-    .await
-}
-
-/// Deletes MongoIndex `name` and waits until it is gone.
-async fn delete_and_wait(env: &Env, name: &str) {
-    env.api::<MongoIndex>()
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the MongoIndex to be gone", 30, || async {
-        let gone = env
-            .api::<MongoIndex>()
-            .get_opt(name)
-            .await
-            .unwrap()
-            .is_none();
-        gone.then_some(())
-    })
-    .await;
-}
-
-/// Sets (or, with `null`, removes) one annotation of MongoIndex `name`.
-async fn annotate(env: &Env, name: &str, key: &str, value: Value) {
-    env.api::<MongoIndex>()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
-        )
-        .await
-        .unwrap();
-}
-
 fn ttl(index: &Document) -> Option<i64> {
     index
         .get_i64("expireAfterSeconds")
@@ -151,7 +98,7 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
         "unique": false, "sparse": true, "expireAfterSeconds": 3600,
     });
     apply(&env, "expiry", &database, spec.clone()).await;
-    let mi = wait_condition(&env, "expiry", "Ready", "True", "InSync").await;
+    let mi = wait_reason::<MongoIndex>(&env, "expiry", "Ready", "True", "InSync").await;
     let status = mi.status.unwrap();
     assert_eq!(status.index_name.as_deref(), Some("created_at_1"));
     assert_eq!(status.database.as_deref(), Some(database.as_str()));
@@ -190,7 +137,7 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
     db.run_command(doc! {"dropIndexes": "messages", "index": "created_at_1"})
         .await
         .unwrap();
-    annotate(&env, "expiry", "test/poke", json!("1")).await;
+    annotate::<MongoIndex>(&env, "expiry", "test/poke", json!("1")).await;
     eventually("the dropped index to be back with TTL 60", 30, || async {
         let index = server_index(&db, "messages", "created_at_1").await?;
         (ttl(&index) == Some(60)).then_some(())
@@ -198,7 +145,7 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
     .await;
 
     // Retain: the resource goes at once, the index stays.
-    delete_and_wait(&env, "expiry").await;
+    delete_and_wait::<MongoIndex>(&env, "expiry").await;
     assert!(
         server_index(&db, "messages", "created_at_1")
             .await
@@ -223,16 +170,8 @@ async fn a_conflict_is_reported_and_left_alone_until_the_spec_opts_in_to_replace
         "keys": [{"field": "user_id", "order": 1}], "unique": true,
     });
     apply(&env, "by-user", &database, spec.clone()).await;
-    let mi = wait_condition(&env, "by-user", "Stalled", "True", "Conflict").await;
-    let message = &mi
-        .status
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .message
-        .clone();
+    let mi = wait_reason::<MongoIndex>(&env, "by-user", "Stalled", "True", "Conflict").await;
+    let message = &message_of(&mi, "Stalled");
     assert!(
         message.contains("by_user") && message.contains("unique"),
         "{message}"
@@ -251,7 +190,7 @@ async fn a_conflict_is_reported_and_left_alone_until_the_spec_opts_in_to_replace
     let mut replace = spec;
     replace["replaceConflicting"] = json!(true);
     apply(&env, "by-user", &database, replace).await;
-    wait_condition(&env, "by-user", "Ready", "True", "InSync").await;
+    wait_reason::<MongoIndex>(&env, "by-user", "Ready", "True", "InSync").await;
     let replaced = server_index(&db, "memberships", "by_user").await.unwrap();
     assert_eq!(replaced.get_bool("unique"), Ok(true));
     wait_event(&env, "IndexReplaced", "Normal", "by_user").await;
@@ -268,7 +207,7 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
         "keys": [{"field": "tenant_id", "order": 1}], "deletionPolicy": "Delete",
     });
     apply(&env, "by-tenant", &database, spec.clone()).await;
-    wait_condition(&env, "by-tenant", "Ready", "True", "InSync").await;
+    wait_reason::<MongoIndex>(&env, "by-tenant", "Ready", "True", "InSync").await;
     let mi = env.api::<MongoIndex>().get("by-tenant").await.unwrap();
     assert!(mi.finalizers().iter().any(|f| f == MONGO_INDEX_FINALIZER));
     assert!(
@@ -278,8 +217,8 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
     );
 
     // Paused: a change is not applied, and a condition says why.
-    annotate(&env, "by-tenant", "realtime.dev/paused", json!("true")).await;
-    wait_condition(&env, "by-tenant", "Reconciling", "False", "Paused").await;
+    annotate::<MongoIndex>(&env, "by-tenant", "realtime.dev/paused", json!("true")).await;
+    wait_reason::<MongoIndex>(&env, "by-tenant", "Reconciling", "False", "Paused").await;
     db.run_command(doc! {"dropIndexes": "conversations", "index": "by_tenant"})
         .await
         .unwrap();
@@ -291,21 +230,21 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
         (mi.status?.observed_generation == Some(2)).then_some(())
     })
     .await;
-    wait_condition(&env, "by-tenant", "Reconciling", "False", "Paused").await;
+    wait_reason::<MongoIndex>(&env, "by-tenant", "Reconciling", "False", "Paused").await;
     assert!(
         server_index(&db, "conversations", "by_tenant")
             .await
             .is_none(),
         "not repaired while paused"
     );
-    annotate(&env, "by-tenant", "realtime.dev/paused", json!(null)).await;
+    annotate::<MongoIndex>(&env, "by-tenant", "realtime.dev/paused", json!(null)).await;
     eventually("the index back after the pause", 30, || async {
         server_index(&db, "conversations", "by_tenant").await
     })
     .await;
 
     // Delete: the index goes with the resource.
-    delete_and_wait(&env, "by-tenant").await;
+    delete_and_wait::<MongoIndex>(&env, "by-tenant").await;
     assert!(
         server_index(&db, "conversations", "by_tenant")
             .await
@@ -329,22 +268,16 @@ async fn delete_policy_drops_the_index_pause_stops_and_a_missing_cluster_stalls(
         )
         .await
         .unwrap();
-    let mi = wait_condition(&env, "orphan", "Stalled", "True", "MissingReference").await;
-    let stalled = mi
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
-    assert!(stalled.message.contains("nowhere"), "{}", stalled.message);
+    let mi = wait_reason::<MongoIndex>(&env, "orphan", "Stalled", "True", "MissingReference").await;
+    let stalled = message_of(&mi, "Stalled");
+    assert!(stalled.contains("nowhere"), "{stalled}");
     // The cluster appears (after the index, as `kubectl apply -f` in file order does): the
     // index follows without anyone touching it.
     env.api::<RealtimeCluster>()
         .create(&PostParams::default(), &minimal_cluster("nowhere"))
         .await
         .unwrap();
-    wait_condition(&env, "orphan", "Ready", "True", "InSync").await;
+    wait_reason::<MongoIndex>(&env, "orphan", "Ready", "True", "InSync").await;
     assert!(server_index(&db, "x", "a_1").await.is_some());
     db.drop().await.unwrap();
     env.stop().await;

@@ -181,3 +181,82 @@ pub async fn finish_rollout(env: &Env, instance: &str, component: &str) {
     })
     .await;
 }
+
+/// Waits for condition `type_` of the `K` named `name` to have `status` and `reason`;
+/// returns the resource as it was then.
+pub async fn wait_reason<K>(env: &Env, name: &str, type_: &str, status: &str, reason: &str) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let what = format!("{} {name}: {type_}={status}/{reason}", K::kind(&()));
+    eventually(&what, 30, || async {
+        let obj: K = env.api::<K>().get(name).await.unwrap();
+        let value = serde_json::to_value(&obj).unwrap();
+        let found = value["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == type_ && c["status"] == status && c["reason"] == reason);
+        found.then_some(obj)
+    })
+    .await
+}
+
+/// The message of condition `type_` of `obj` (empty when it has none).
+pub fn message_of<K: serde::Serialize>(obj: &K, type_: &str) -> String {
+    let value = serde_json::to_value(obj).unwrap();
+    value["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sets (or, with `null`, removes) one annotation of the `K` named `name`.
+pub async fn annotate<K>(env: &Env, name: &str, key: &str, value: serde_json::Value)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    env.api::<K>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes the `K` named `name` and waits until it is gone.
+pub async fn delete_and_wait<K>(env: &Env, name: &str)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    env.api::<K>()
+        .delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        &format!("{} {name} to be gone", K::kind(&())),
+        30,
+        || async {
+            env.api::<K>()
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -123,7 +123,11 @@ pub fn classify(api: &'static str, code: RDKafkaErrorCode, detail: Option<&str>)
 }
 
 fn from_kafka(api: &'static str, e: &KafkaError) -> AdminError {
-    match e.rdkafka_error_code() {
+    let code = match e {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
         Some(code) => classify(api, code, None),
         None => AdminError::Refused {
             api,
@@ -298,5 +302,37 @@ impl TopicAdmin for RdAdmin {
                 RDKafkaErrorCode::UnknownTopic,
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_whether_the_api_is_missing_refused_or_the_brokers_silent() {
+        let missing = KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature);
+        assert_eq!(
+            from_kafka(CREATE_PARTITIONS, &missing),
+            AdminError::NotSupported {
+                api: CREATE_PARTITIONS
+            }
+        );
+        assert!(matches!(
+            from_kafka(
+                CREATE_TOPICS,
+                &KafkaError::AdminOp(RDKafkaErrorCode::AllBrokersDown)
+            ),
+            AdminError::Unreachable { .. }
+        ));
+        let refused = classify(
+            DELETE_TOPICS,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            Some("not allowed"),
+        );
+        assert!(
+            matches!(&refused, AdminError::Refused { message, .. } if message.contains("not allowed")),
+            "{refused:?}"
+        );
     }
 }
