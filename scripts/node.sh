@@ -2,7 +2,7 @@
 # A node that runs pods, added to the local control plane of scripts/kube.sh: kubelet,
 # kube-scheduler and kube-proxy built from the same Debian source; containerd, runc and
 # the CNI plugins from Debian; a bridge pod network private to this machine; cluster DNS
-# (dnsmasq serving the API's Services under cluster.local); the project's images loaded
+# (dnsmasq serving the API's Services under cluster.local, NXDOMAIN for other names there); the project's images loaded
 # from scripts/images.sh (no registry).
 #
 #   scripts/node.sh up       install/build what is missing, start, wait for the node to be Ready
@@ -285,7 +285,12 @@ up() {
   [ -S "$SOCK" ] || { log "containerd did not start:"; tail -20 "$RUN_DIR/containerd.log" >&2; exit 1; }
   CONTAINERD_ADDRESS=$SOCK scripts/images.sh load pause
   touch "$NODE/dns/hosts"
+  # --local: authoritative for cluster.local, so an unknown name there is NXDOMAIN (as
+  # with CoreDNS), not REFUSED, which makes glibc stop walking the search list: a pod of
+  # another namespace resolving `mongo.chat.svc` first asks for
+  # `mongo.chat.svc.<its-ns>.svc.cluster.local` and must be told it does not exist.
   start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --addn-hosts="$NODE/dns/hosts" \
+    --local=/cluster.local/ \
     --listen-address="$NODE_IP" --bind-interfaces --domain-needed --user=root --log-facility=-
   dns_sync >"$RUN_DIR/dns-sync.log" 2>&1 &
   echo $! >"$RUN_DIR/dns-sync.pid"

@@ -5,12 +5,14 @@
 //! `kubectl explain` text; every range or enum becomes apply-time validation.
 
 mod common;
+mod defaults;
 mod kafka_topic;
 mod mongo_index;
 mod realtime_cluster;
 mod turn_pool;
 
 pub use common::*;
+pub use defaults::*;
 pub use kafka_topic::*;
 pub use mongo_index::*;
 pub use realtime_cluster::*;

@@ -18,7 +18,8 @@ use super::{DeletionPolicy, LocalRef};
     shortname = "mi",
     status = "MongoIndexStatus",
     printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
-    printcolumn = r#"{"name":"Index","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Index","type":"string","jsonPath":".status.indexName"}"#,
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterRef.name"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

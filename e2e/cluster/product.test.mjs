@@ -92,7 +92,7 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
   }
   kubectl("create", "namespace", NS);
   kubectl("-n", NS, "apply", "-f", `${h.REPO}/examples/`);
-  kubectl("-n", NS, "wait", "--for=condition=Ready", "rtc/chat", "turnpool/calls", "--timeout=240s");
+  kubectl("-n", NS, "wait", "--for=condition=Ready", "rtc/chat", "turnpool/calls", "mongoindex/messages-by-sender", "--timeout=240s");
   const rc = JSON.parse(kubectl("-n", NS, "get", "rtc", "chat", "-o", "json"));
   assert.equal(rc.status.gateway.readyReplicas, rc.spec.gateway.replicas);
   const pods = JSON.parse(kubectl("-n", NS, "get", "pods", "-l", "app.kubernetes.io/instance=chat", "-o", "json")).items;
@@ -108,6 +108,13 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
   const mongoIp = kubectl("-n", NS, "get", "svc", "mongo", "-o", "jsonpath={.spec.clusterIP}");
   mongo = new MongoClient(`mongodb://${mongoIp}:27017/?directConnection=true`);
   await mongo.connect();
+  // The example MongoIndex, created by the operator in the cluster's database (read here
+  // with the driver, not through the operator).
+  const indexes = await mongo.db("realtime").collection("messages").indexes();
+  assert.ok(
+    indexes.some((i) => i.name === "messages_by_sender" && JSON.stringify(i.key) === '{"tenant_id":1,"sender_id":1,"created_at":-1}'),
+    JSON.stringify(indexes),
+  );
 });
 
 /** A client that reconnects by itself and rejoins its conversation on every connect. */

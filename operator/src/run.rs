@@ -196,6 +196,8 @@ pub async fn run_controllers(
         });
     let clusters = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<KafkaTopic>(&client, ns), owned.clone())
+        .owns(api::<MongoIndex>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned)
         .watches(

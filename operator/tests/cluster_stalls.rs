@@ -32,19 +32,22 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
         let clusters = clusters.clone();
         async move { clusters.create(&PostParams::default(), &rc).await.unwrap() }
     };
-    // alpha, then beta, with the default topic names on the same broker.
-    create("alpha", json!({})).await;
+    // alpha, then beta, with the same topic names on the same broker.
+    let shared = common::own_topics("shared");
+    let messages = shared["messages"].as_str().unwrap().to_owned();
+    let gamma_topics = common::own_topics("gamma");
+    create("alpha", shared.clone()).await;
     eventually("alpha's gateway", 30, || async {
         replicas(&env, "alpha-gateway").await
     })
     .await;
-    create("beta", json!({})).await;
+    create("beta", shared.clone()).await;
     // beta is newer: it stalls, says with whom and on which topic, and runs nothing.
     let (reason, message) = wait_condition(&clusters, "beta", "Stalled", "True").await;
     assert_eq!(reason, "TopicConflict");
     assert!(
         message.contains(&format!("RealtimeCluster {}/alpha", env.ns))
-            && message.contains("\"chat.messages\""),
+            && message.contains(&format!("\"{}", messages.trim_end_matches("messages"))),
         "{message}"
     );
     assert_eq!(
@@ -61,11 +64,7 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
     wait_condition(&clusters, "alpha", "Stalled", "False").await;
 
     // gamma, newer still, has topics of its own and runs.
-    create(
-        "gamma",
-        json!({"messages": "g.messages", "persistenceEvents": "g.events", "recordingEvents": "g.recordings"}),
-    )
-    .await;
+    create("gamma", gamma_topics.clone()).await;
     eventually("gamma's gateway", 30, || async {
         replicas(&env, "gamma-gateway").await.filter(|r| *r == 2)
     })
@@ -77,7 +76,7 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
         .patch(
             "gamma",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"kafka": {"topics": {"messages": "chat.messages"}}}})),
+            &Patch::Merge(&json!({"spec": {"kafka": {"topics": {"messages": messages}}}})),
         )
         .await
         .unwrap();
@@ -120,7 +119,9 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
         .patch(
             "gamma",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"kafka": {"topics": {"messages": "g.messages"}}}})),
+            &Patch::Merge(
+                &json!({"spec": {"kafka": {"topics": {"messages": gamma_topics["messages"]}}}}),
+            ),
         )
         .await
         .unwrap();
@@ -137,14 +138,14 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
             "beta",
             &PatchParams::default(),
             &Patch::Merge(
-                &json!({"spec": {"kafka": {"topics": {"recordingEvents": "g.recordings"}}}}),
+                &json!({"spec": {"kafka": {"topics": {"recordingEvents": gamma_topics["recordingEvents"]}}}}),
             ),
         )
         .await
         .unwrap();
     let (_, message) = wait_condition(&clusters, "gamma", "Stalled", "True").await;
     assert!(
-        message.contains("\"g.recordings\"") && message.contains(&beta),
+        message.contains(&gamma_topics["recordingEvents"].to_string()) && message.contains(&beta),
         "{message}"
     );
     eventually("gamma scaled to 0 again", 30, || async {

@@ -1,13 +1,17 @@
 //! Contract between operator and data plane: the configuration the operator renders for a
 //! RealtimeCluster, given to the `realtime` binary on this host, starts a working gateway
-//! against the local stack (`scripts/stack.sh`). Only the in-cluster addresses (listen
-//! address, broker, database, Redis) are replaced by the local ones.
+//! against the local stack (`scripts/stack.sh`) once the cluster's topics exist, made
+//! here by the KafkaTopic reconciler's own sync from the rendered KafkaTopic children (the
+//! rendered configuration tells the data plane not to create them). Only the in-cluster
+//! addresses (listen address, broker, database, Redis) are replaced by the local ones.
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use realtime_operator::controller::kafka_topic::admin::RdAdmin;
+use realtime_operator::controller::kafka_topic::sync;
 use realtime_operator::crd::RealtimeCluster;
 use realtime_operator::render;
 use serde_json::json;
@@ -67,7 +71,21 @@ fn every_rendered_variable_is_a_flag_of_the_data_plane() {
 
 #[test]
 fn the_rendered_configuration_starts_a_ready_gateway() {
-    let rc = example();
+    let mut rc = example();
+    let run = std::process::id();
+    rc.spec.kafka.topics = serde_json::from_value(json!({
+        "messages": format!("contract{run}.messages"),
+        "persistenceEvents": format!("contract{run}.events"),
+        "recordingEvents": format!("contract{run}.recordings"),
+    }))
+    .unwrap();
+    // The operator's part: the cluster's topics, as its KafkaTopic children say.
+    let admin = RdAdmin::new(&env("KAFKA_BROKERS")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for topic in render::topics(&rc) {
+        let synced = runtime.block_on(sync::sync(&admin, &topic.spec));
+        assert_eq!(synced.problem, None, "{}", topic.spec.topic_name);
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -162,13 +162,36 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             .filter(|s| s.gateway.is_some())
     })
     .await;
-    assert!(
+    // Its topics and indexes are made and reported under the chart's permissions (the
+    // data plane's Deployments wait for them).
+    for kind in ["KafkaTopic chat-messages", "MongoIndex chat-messages-id"] {
+        let (kind, name) = kind.split_once(' ').unwrap();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            admin.clone(),
+            &ns,
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "realtime.dev",
+                "v1alpha1",
+                kind,
+            )),
+        );
+        eventually(&format!("{kind} {name} Ready"), 60, || async {
+            let obj = api.get_opt(name).await.unwrap()?;
+            let ready = obj.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            ready.then_some(())
+        })
+        .await;
+    }
+    eventually("the persister Deployment", 60, || async {
         Api::<Deployment>::namespaced(admin.clone(), &ns)
             .get_opt("chat-persister")
             .await
             .unwrap()
-            .is_some()
-    );
+    })
+    .await;
     let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &ns)
         .get("chat-turn-reader")
         .await

@@ -34,7 +34,7 @@ fn example(name: &str) -> RealtimeCluster {
             "image": "ghcr.io/example/realtime:0.1.0",
             "gateway": {"replicas": 2},
             "persister": {"replicas": 1, "batchSize": 100},
-            "kafka": {"bootstrapServers": "kafka.kafka.svc:9092"},
+            "kafka": {"bootstrapServers": common::stack_kafka(), "topics": common::own_topics(name)},
             "mongodb": {"uriSecretRef": {"name": "realtime-mongodb", "key": "uri"}, "database": "realtime"},
             "redis": {"urlSecretRef": {"name": "realtime-redis", "key": "url"}},
             "auth": {"jwtSecretRef": {"name": "realtime-jwt", "key": "secret"}, "issuer": "https://id.example", "audience": "realtime"},
@@ -88,7 +88,17 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
         .join("\n---\n");
     let mut rc = None;
     for doc in serde_norway::Deserializer::from_str(&text) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let mut value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        // The data plane starts only once its topics and indexes exist: the operator (on
+        // this host) makes them on the stack's broker and database, under topic names of
+        // this run.
+        if value["metadata"]["name"] == "realtime-mongodb" {
+            value["stringData"]["uri"] = json!(common::stack_mongodb());
+        }
+        if value["kind"] == "RealtimeCluster" {
+            value["spec"]["kafka"]["bootstrapServers"] = json!(common::stack_kafka());
+            value["spec"]["kafka"]["topics"] = common::own_topics("chat");
+        }
         match value["kind"].as_str() {
             Some("Secret") => {
                 let secret: Secret = serde_json::from_value(value).unwrap();
@@ -351,7 +361,8 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
 #[tokio::test]
 async fn missing_secret_stalls_with_a_clear_message_and_recovers() {
     let env = Env::start("rtc-stalled").await;
-    env.secret("realtime-mongodb", "uri", "mongodb://m").await;
+    env.secret("realtime-mongodb", "uri", &common::stack_mongodb())
+        .await;
     env.secret("realtime-jwt", "secret", "s").await;
     let clusters = env.api::<RealtimeCluster>();
     clusters
@@ -401,7 +412,7 @@ async fn missing_secret_stalls_with_a_clear_message_and_recovers() {
 async fn removing_the_turn_pool_reference_deletes_the_readers_role_and_binding() {
     let env = Env::start("rtc-prune").await;
     for (name, key, value) in [
-        ("realtime-mongodb", "uri", "mongodb://m"),
+        ("realtime-mongodb", "uri", common::stack_mongodb().as_str()),
         ("realtime-redis", "url", "redis://r"),
         ("realtime-jwt", "secret", "s"),
     ] {

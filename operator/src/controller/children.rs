@@ -54,8 +54,8 @@ impl Children {
     }
 
     /// Server-side applies `obj` as the `C` named `name` and records that this reconcile
-    /// wants it, so that no applied child is ever pruned.
-    pub async fn apply<C>(&mut self, api: &Api<C>, name: &str, obj: &C) -> Result<(), Error>
+    /// wants it, so that no applied child is ever pruned. Returns the live object.
+    pub async fn apply<C>(&mut self, api: &Api<C>, name: &str, obj: &C) -> Result<C, Error>
     where
         C: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     {

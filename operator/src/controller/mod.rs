@@ -147,8 +147,9 @@ pub fn retry_later(
     kube::runtime::controller::Action::requeue(delay)
 }
 
-/// Server-side applies `obj` with the operator's field manager.
-pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<(), Error>
+/// Server-side applies `obj` with the operator's field manager; returns the object as
+/// the server now has it (status included).
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -161,8 +162,7 @@ where
     .map_err(|source| Error::Apply {
         what: path_of(api, name),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 /// Server-side applies `status` as the status of the `K` named `name`, with the

@@ -17,9 +17,11 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{RealtimeCluster, SecretKeyRef, ServiceType, labels};
 
+mod storage;
 pub mod turn_pool;
 mod turn_reader;
 
+pub use storage::{INDEX_COMPONENT, TOPIC_COMPONENT, indexes, topics};
 pub use turn_reader::{turn_reader_name, turn_reader_role};
 
 /// Port the data plane listens on inside the pod.
@@ -77,10 +79,10 @@ pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
                 rc.name_any()
             ),
         ),
-        // Until the KafkaTopic and MongoIndex reconcilers exist, the data plane creates
-        // its topics and indexes when they are missing.
-        ("KAFKA_CREATE_TOPICS", "true".to_owned()),
-        ("MONGODB_CREATE_INDEXES", "true".to_owned()),
+        // The operator owns the topics and indexes (KafkaTopic and MongoIndex children);
+        // the data plane only starts once they exist.
+        ("KAFKA_CREATE_TOPICS", "false".to_owned()),
+        ("MONGODB_CREATE_INDEXES", "false".to_owned()),
         ("MONGODB_DATABASE", s.mongodb.database.clone()),
         (
             "MESSAGE_PERSISTENCE_BATCH_SIZE",

@@ -158,7 +158,7 @@ pub async fn minimal_cluster_secret(client: &Client, ns: &str) {
         ns,
         "s",
         &[
-            ("mongo", "mongodb://m"),
+            ("mongo", &stack_mongodb()),
             ("redis", "redis://r"),
             ("jwt", "j"),
         ],
@@ -197,19 +197,41 @@ where
     .await;
 }
 
-/// The smallest valid RealtimeCluster, reading Secret `s` (keys mongo, redis, jwt: see
-/// [`minimal_cluster_secret`]), with Kafka topics of its own (clusters sharing topics on
-/// one broker do not both run).
+/// The stack's Kafka-protocol broker (`scripts/stack.sh`). A RealtimeCluster's data plane
+/// only starts once the operator has made its topics and indexes, so the clusters of the
+/// tests name the real broker and database.
+pub fn stack_kafka() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("KAFKA_BROKERS is not set: run `scripts/stack.sh up` and `eval \"$(scripts/stack.sh env)\"` (scripts/test.sh does both)")
+    })
+}
+
+/// The stack's MongoDB-compatible server (see [`stack_kafka`]).
+pub fn stack_mongodb() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| {
+        panic!("MONGODB_URI is not set: run `scripts/stack.sh up` and `eval \"$(scripts/stack.sh env)\"` (scripts/test.sh does both)")
+    })
+}
+
+/// Topic names no other test run shares (the broker outlives the tests' namespaces).
+pub fn own_topics(name: &str) -> serde_json::Value {
+    let run = std::process::id();
+    serde_json::json!({
+        "messages": format!("t{run}.{name}.messages"),
+        "persistenceEvents": format!("t{run}.{name}.events"),
+        "recordingEvents": format!("t{run}.{name}.recordings"),
+    })
+}
+
+/// The smallest valid RealtimeCluster on the stack's broker and database, reading Secret
+/// `s` (keys mongo, redis, jwt: see [`minimal_cluster_secret`]), with Kafka topics of its
+/// own (clusters sharing topics on one broker do not both run).
 pub fn minimal_cluster(name: &str) -> realtime_operator::crd::RealtimeCluster {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": name},
         "spec": {
             "image": "realtime:test",
-            "kafka": {"bootstrapServers": "k:9092", "topics": {
-                "messages": format!("{name}.messages"),
-                "persistenceEvents": format!("{name}.events"),
-                "recordingEvents": format!("{name}.recordings"),
-            }},
+            "kafka": {"bootstrapServers": stack_kafka(), "topics": own_topics(name)},
             "mongodb": {"uriSecretRef": {"name": "s", "key": "mongo"}},
             "redis": {"urlSecretRef": {"name": "s", "key": "redis"}},
             "auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}},

@@ -121,39 +121,24 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the default indexes of SPEC.md §3 that this data plane relies on, plus the
-    /// history index `(tenant_id, conversation_id, seq)`.
+    /// Creates the default indexes the data plane relies on
+    /// ([`realtime_api::DEFAULT_INDEXES`], the list the operator makes MongoIndex
+    /// resources of) when missing.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let unique_sparse = IndexOptions::builder().unique(true).sparse(true).build();
-        self.messages()
-            .create_indexes([
-                IndexModel::builder()
-                    .keys(doc! {"message_id": 1})
-                    .options(unique_sparse)
-                    .build(),
-                IndexModel::builder()
-                    .keys(doc! {"tenant_id": 1, "conversation_id": 1, "seq": -1})
-                    .build(),
-            ])
-            .await?;
-        self.conversations()
-            .create_indexes([
-                IndexModel::builder()
-                    .keys(doc! {"tenant_id": 1, "participants.user_id": 1})
-                    .build(),
-                IndexModel::builder()
-                    .keys(doc! {"tenant_id": 1, "conversation_id": 1})
-                    .build(),
-            ])
-            .await?;
-        self.db
-            .collection::<Document>(MODERATION_LOG)
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"tenant_id": 1, "conversation_id": 1, "created_at": -1})
-                    .build(),
-            )
-            .await?;
+        for index in realtime_api::DEFAULT_INDEXES {
+            let mut keys = Document::new();
+            for (field, order) in index.keys {
+                keys.insert(*field, *order);
+            }
+            let options = IndexOptions::builder()
+                .unique(index.unique.then_some(true))
+                .sparse(index.sparse.then_some(true))
+                .build();
+            self.db
+                .collection::<Document>(index.collection)
+                .create_index(IndexModel::builder().keys(keys).options(options).build())
+                .await?;
+        }
         Ok(())
     }
 

@@ -6,22 +6,35 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::json;
 
 use super::Error;
 use crate::controller::children::{Children, announce_pruned, describe};
-use crate::controller::{Context, MANAGER, apply};
-use crate::crd::RealtimeCluster;
+use crate::controller::{Context, MANAGER, apply, path_of};
+use crate::crd::{KafkaTopic, MongoIndex, RealtimeCluster};
 use crate::render;
 
-/// Applies every child the spec asks for and returns the set applied.
+/// What one apply did: the children applied, and the topics and indexes not `Ready` yet
+/// (`KafkaTopic <name>: <reason>`).
+pub struct Applied {
+    pub children: Children,
+    pub storage_waits: Vec<String>,
+}
+
+/// Applies every child the spec asks for. The data plane's Deployments are first created
+/// only once its topics and indexes are `Ready`: a producer would otherwise let the
+/// broker create a missing topic with its own defaults, and the persister checks for the
+/// unique `message_id` index when it starts. Once they exist they are kept up to date
+/// whatever the topics and indexes do (a paused KafkaTopic never stops a running data plane).
 pub async fn children(
     rc: &RealtimeCluster,
     ctx: &Context,
     ns: &str,
     checksum: &str,
-) -> Result<Children, Error> {
+) -> Result<Applied, Error> {
     let client = &ctx.client;
     let name = rc.name_any();
     let mut wanted = Children::of(rc)?;
@@ -56,15 +69,19 @@ pub async fn children(
             )
             .await?;
     }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for component in render::Component::ALL {
-        wanted
-            .apply(
-                &deployments,
-                &component.deployment_name(&name),
-                &render::deployment(rc, component, checksum),
-            )
-            .await?;
+    let storage_waits = storage(rc, ctx, ns, &mut wanted).await?;
+    let running = matches!(deployments(rc, ctx, ns).await?, (Some(_), _) | (_, Some(_)));
+    if storage_waits.is_empty() || running {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        for component in render::Component::ALL {
+            wanted
+                .apply(
+                    &deployments,
+                    &component.deployment_name(&name),
+                    &render::deployment(rc, component, checksum),
+                )
+                .await?;
+        }
     }
     let gateway = render::gateway_name(&name);
     wanted
@@ -86,7 +103,77 @@ pub async fn children(
     let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let pdb: DynamicObject = serde_json::from_value(render::gateway_pdb(rc, &ctx.pdb_api_version))?;
     apply(&pdbs, &gateway, &pdb).await?;
-    Ok(wanted)
+    Ok(Applied {
+        children: wanted,
+        storage_waits,
+    })
+}
+
+/// Applies the cluster's KafkaTopic and MongoIndex children and returns those not `Ready`.
+/// A topic renamed in the spec is a new KafkaTopic: the resource that still names the old
+/// topic in its status (it refuses the rename) is deleted (its policy is `Retain`, so the
+/// old topic stays) and the next reconcile, which its deletion brings, creates the new one.
+async fn storage(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+    ns: &str,
+    wanted: &mut Children,
+) -> Result<Vec<String>, Error> {
+    let topics: Api<KafkaTopic> = Api::namespaced(ctx.client.clone(), ns);
+    let mut waits = Vec::new();
+    for topic in render::topics(rc) {
+        let name = topic.name_any();
+        let live = wanted.apply(&topics, &name, &topic).await?;
+        let was = live.status.as_ref().and_then(|s| s.topic_name.clone());
+        if let Some(was) = was.filter(|was| *was != topic.spec.topic_name) {
+            topics
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map_err(|source| Error::Delete {
+                    what: path_of(&topics, &name),
+                    source,
+                })?;
+            tracing::info!(
+                kafka_topic = %name,
+                from = %was,
+                to = %topic.spec.topic_name,
+                "topic renamed in the spec: KafkaTopic replaced (the old topic is retained)"
+            );
+            waits.push(format!("KafkaTopic {name}: being replaced"));
+            continue;
+        }
+        waits.extend(not_ready(&live));
+    }
+    let indexes: Api<MongoIndex> = Api::namespaced(ctx.client.clone(), ns);
+    for index in render::indexes(rc) {
+        let name = index.name_any();
+        let live = wanted.apply(&indexes, &name, &index).await?;
+        waits.extend(not_ready(&live));
+    }
+    Ok(waits)
+}
+
+/// `<Kind> <name>: <reason>` unless the resource's `Ready` condition is `True` for its
+/// current generation.
+fn not_ready<K: kube::Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> Option<String> {
+    let generation = obj.meta().generation;
+    let value = serde_json::to_value(obj).unwrap_or_default();
+    let ready = value["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned();
+    let reason = match ready {
+        None => "not reconciled yet".to_owned(),
+        Some(c) if c["status"] == "True" && c["observedGeneration"].as_i64() == generation => {
+            return None;
+        }
+        Some(c) => c["reason"].as_str().unwrap_or("not ready").to_owned(),
+    };
+    Some(format!(
+        "{} {}: {reason}",
+        K::kind(&()),
+        obj.meta().name.as_deref().unwrap_or_default()
+    ))
 }
 
 /// Deletes the owned children the spec no longer asks for. Only the data plane's TURN

@@ -103,16 +103,20 @@ pub struct Rollout {
 
 /// The cluster's component statuses and conditions from its Deployments as they are now
 /// (the RealtimeCluster's counterpart of `turn_pool::status::pool_conditions`).
+/// `storage` names the topics and indexes that are not `Ready` yet.
 pub fn cluster_conditions(
     rc: &RealtimeCluster,
     gateway: Option<&Deployment>,
     persister: Option<&Deployment>,
+    storage: &[String],
 ) -> Rollout {
     let (gateway, gateway_waits) = rollout(rc.spec.gateway.replicas, gateway);
     let (persister, persister_waits) = rollout(rc.spec.persister.replicas, persister);
+    let storage = (!storage.is_empty()).then(|| storage.join(", "));
     let conditions = applied(
         (&gateway, gateway_waits.as_deref()),
         (&persister, persister_waits.as_deref()),
+        storage.as_deref(),
         rc.metadata.generation,
     );
     Rollout {
@@ -122,11 +126,13 @@ pub fn cluster_conditions(
     }
 }
 
-/// Conditions once the children are applied: `Ready` when every rollout is complete,
-/// else `Reconciling` with what each component waits for.
+/// Conditions once the children are applied: `Ready` when every topic and index is
+/// `Ready` and every rollout is complete, else `Reconciling` with what each waits for
+/// (`storage`: the topics and indexes not ready yet).
 pub fn applied(
     gateway: (&ComponentStatus, Option<&str>),
     persister: (&ComponentStatus, Option<&str>),
+    storage: Option<&str>,
     generation: Option<i64>,
 ) -> Vec<Condition> {
     let progress = format!(
@@ -136,10 +142,17 @@ pub fn applied(
         persister.0.ready_replicas,
         persister.0.replicas
     );
-    let waiting: Vec<String> = [("gateway", gateway.1), ("persister", persister.1)]
+    let rolling: Vec<String> = [("gateway", gateway.1), ("persister", persister.1)]
         .into_iter()
         .filter_map(|(name, w)| w.map(|w| format!("{name}: {w}")))
         .collect();
+    let mut waiting = Vec::new();
+    if let Some(storage) = storage {
+        waiting.push(format!("topics and indexes to be Ready ({storage})"));
+    }
+    if !rolling.is_empty() {
+        waiting.push(format!("the rollout ({})", rolling.join("; ")));
+    }
     if waiting.is_empty() {
         vec![
             condition(READY, true, REASON_AVAILABLE, progress, generation),
@@ -147,7 +160,7 @@ pub fn applied(
                 RECONCILING,
                 false,
                 REASON_RECONCILED,
-                "children match the spec; every rollout is complete",
+                "children match the spec; topics and indexes ready; every rollout is complete",
                 generation,
             ),
             condition(
@@ -159,10 +172,7 @@ pub fn applied(
             ),
         ]
     } else {
-        let message = format!(
-            "waiting for the rollout ({}); {progress}",
-            waiting.join("; ")
-        );
+        let message = format!("waiting for {}; {progress}", waiting.join(" and "));
         vec![
             condition(
                 READY,
@@ -244,13 +254,13 @@ mod tests {
     #[test]
     fn conditions_say_ready_only_when_both_rollouts_are_complete() {
         let (c, _) = rollout(2, None);
-        let ready = applied((&c, None), (&c, None), Some(4));
+        let ready = applied((&c, None), (&c, None), None, Some(4));
         assert_eq!(
             (ready[0].type_.as_str(), ready[0].status.as_str()),
             ("Ready", "True")
         );
         assert_eq!(ready[1].status, "False");
-        let rolling = applied((&c, Some("1/2 updated")), (&c, None), Some(4));
+        let rolling = applied((&c, Some("1/2 updated")), (&c, None), None, Some(4));
         assert_eq!(
             (rolling[0].status.as_str(), rolling[0].reason.as_str()),
             ("False", "Progressing")
@@ -262,6 +272,21 @@ mod tests {
         );
         assert_eq!(rolling[2].status, "False");
         assert!(rolling.iter().all(|c| c.observed_generation == Some(4)));
+        // Complete rollouts do not make it Ready while a topic or an index is not.
+        let storage = applied(
+            (&c, None),
+            (&c, None),
+            Some("KafkaTopic chat-messages: Unreachable"),
+            Some(4),
+        );
+        assert_eq!(storage[0].status, "False");
+        assert!(
+            storage[0]
+                .message
+                .contains("topics and indexes to be Ready (KafkaTopic chat-messages: Unreachable)"),
+            "{}",
+            storage[0].message
+        );
     }
 
     #[test]

@@ -70,9 +70,9 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
         }
         References::Resolved { checksum } => checksum,
     };
-    let wanted = apply::children(rc, ctx, &ns, &checksum).await?;
-    apply::prune(rc, ctx, &ns, &wanted).await?;
-    report_rollout(rc, ctx, &ns, &checksum).await?;
+    let applied = apply::children(rc, ctx, &ns, &checksum).await?;
+    apply::prune(rc, ctx, &ns, &applied.children).await?;
+    report_rollout(rc, ctx, &ns, &checksum, &applied.storage_waits).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -106,6 +106,7 @@ async fn report_rollout(
     ctx: &Context,
     ns: &str,
     checksum: &str,
+    storage_waits: &[String],
 ) -> Result<(), Error> {
     let generation = rc.metadata.generation;
     let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
@@ -113,7 +114,7 @@ async fn report_rollout(
         gateway,
         persister,
         conditions,
-    } = decide::cluster_conditions(rc, gateway.as_ref(), persister.as_ref());
+    } = decide::cluster_conditions(rc, gateway.as_ref(), persister.as_ref(), storage_waits);
     let replaced = update_status(rc, ctx, |current| RealtimeClusterStatus {
         conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
         observed_generation: generation,

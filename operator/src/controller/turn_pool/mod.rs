@@ -248,7 +248,9 @@ async fn apply_children(
                     "the coturn Service was refused: {message}; {hint}"
                 )));
             }
-            other => other?,
+            other => {
+                other?;
+            }
         }
     }
     prune(pool, ctx, &wanted, &deployments, &services).await?;
