@@ -93,6 +93,18 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
   kubectl("create", "namespace", NS);
   kubectl("-n", NS, "apply", "-f", `${h.REPO}/examples/`);
   kubectl("-n", NS, "wait", "--for=condition=Ready", "rtc/chat", "turnpool/calls", "mongoindex/messages-by-sender", "--timeout=240s");
+  // The cluster's own topics and indexes, made by the operator from its pod (another
+  // namespace than the broker's and the database's), each waitable with kubectl.
+  kubectl("-n", NS, "wait", "--for=condition=Ready", "kafkatopic", "mongoindex", "-l", "app.kubernetes.io/instance=chat", "--timeout=60s");
+  const owned = JSON.parse(kubectl("-n", NS, "get", "kafkatopic,mongoindex", "-l", "app.kubernetes.io/instance=chat", "-o", "json")).items;
+  assert.deepEqual(
+    owned.map((o) => `${o.kind} ${o.metadata.name}`).sort(),
+    [
+      "KafkaTopic chat-dead-letters", "KafkaTopic chat-messages", "KafkaTopic chat-persistence-events", "KafkaTopic chat-recording-events",
+      "MongoIndex chat-conversations-id", "MongoIndex chat-conversations-members", "MongoIndex chat-messages-history", "MongoIndex chat-messages-id",
+      "MongoIndex chat-moderation-log", "MongoIndex chat-recordings-call", "MongoIndex chat-recordings-conversation", "MongoIndex chat-recordings-id",
+    ],
+  );
   const rc = JSON.parse(kubectl("-n", NS, "get", "rtc", "chat", "-o", "json"));
   assert.equal(rc.status.gateway.readyReplicas, rc.spec.gateway.replicas);
   const pods = JSON.parse(kubectl("-n", NS, "get", "pods", "-l", "app.kubernetes.io/instance=chat", "-o", "json")).items;
@@ -115,6 +127,8 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
     indexes.some((i) => i.name === "messages_by_sender" && JSON.stringify(i.key) === '{"tenant_id":1,"sender_id":1,"created_at":-1}'),
     JSON.stringify(indexes),
   );
+  // And the cluster's default: the unique index the persister's idempotency relies on.
+  assert.ok(indexes.some((i) => i.name === "message_id_1" && i.unique === true), JSON.stringify(indexes));
 });
 
 /** A client that reconnects by itself and rejoins its conversation on every connect. */
