@@ -196,12 +196,16 @@ async fn a_cluster_owns_its_topics_and_indexes_and_is_ready_only_with_them() {
         .await
         .unwrap();
     // (Both edits changed the data plane's configuration: its pods roll.)
-    eventually("Ready again once the topics are and the pods rolled", 60, || async {
-        mark_pods_ready(&env, "own", "gateway").await;
-        mark_pods_ready(&env, "own", "persister").await;
-        let (status, _, _) = condition(&clusters, "own", "Ready").await?;
-        (status == "True").then_some(())
-    })
+    eventually(
+        "Ready again once the topics are and the pods rolled",
+        60,
+        || async {
+            mark_pods_ready(&env, "own", "gateway").await;
+            mark_pods_ready(&env, "own", "persister").await;
+            let (status, _, _) = condition(&clusters, "own", "Ready").await?;
+            (status == "True").then_some(())
+        },
+    )
     .await;
 
     // Deleting the cluster collects the resources; the topics and indexes stay.

@@ -70,15 +70,15 @@ pub async fn write<K: External>(
     .await
 }
 
-/// Writes the paused conditions.
+/// Writes the paused conditions; `Ready` keeps what it said (a pause changes nothing
+/// outside, so whoever waits on the resource is not disturbed).
 pub async fn pause<K: External>(obj: &K, ctx: &Context, message: &str) -> Result<(), Error> {
-    write(
-        obj,
-        ctx,
-        reconciling(false, REASON_PAUSED, message, obj),
-        |_| {},
-    )
-    .await?;
+    let mut conditions = reconciling(false, REASON_PAUSED, message, obj);
+    let ready = obj
+        .status_of()
+        .and_then(|s| K::conditions(s).iter().find(|c| c.type_ == READY).cloned());
+    conditions.extend(ready);
+    write(obj, ctx, conditions, |_| {}).await?;
     Ok(())
 }
 
