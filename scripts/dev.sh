@@ -6,7 +6,7 @@
 #   3. the container images (scripts/images.sh: built without a Docker daemon, cached),
 #   4. the operator from the Helm chart,
 #   5. the example installation (kubectl apply -f examples/: Redis, the broker, MongoDB,
-#      a RealtimeCluster and a managed TurnPool), waited for until Ready,
+#      a RealtimeCluster, a managed TurnPool, a KafkaTopic and a MongoIndex), waited for until Ready,
 # then seeds a conversation and prints the tenant endpoint and ready-made tokens.
 # The first run builds Kubernetes and the release binaries (20–25 minutes on two
 # cores, each step says what it does); later runs take about a minute.
@@ -83,7 +83,7 @@ product() {
   progress "the example installation in namespace $NS (kubectl apply -f examples/), until Ready"
   kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS"
   kubectl -n "$NS" apply -f examples/
-  kubectl -n "$NS" wait --for=condition=Ready rtc/chat turnpool/calls --timeout=300s
+  kubectl -n "$NS" wait --for=condition=Ready rtc/chat turnpool/calls kt/audit-events mi/messages-by-sender --timeout=300s
   kubectl -n "$NS" get rtc,turnpool,pods -o wide
   progress "a demo conversation and tokens (realtime-dev, shipped in the data-plane image)"
   local seed ip port

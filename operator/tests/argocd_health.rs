@@ -250,7 +250,9 @@ async fn the_statuses_the_operator_writes_have_the_health_they_should() {
     let paused = env.api::<KafkaTopic>().get("events").await.unwrap();
     let conditions = paused.status.unwrap().conditions;
     assert!(
-        conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
         "{conditions:?}"
     );
     annotate::<KafkaTopic>(&env, "events", "realtime.dev/paused", json!(null)).await;

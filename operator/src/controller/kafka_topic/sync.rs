@@ -171,9 +171,12 @@ mod tests {
 
     const API_CREATE_PARTITIONS: &str = super::super::admin::CREATE_PARTITIONS;
 
+    /// Topic name → layout and configs.
+    type Topics = BTreeMap<String, (Layout, BTreeMap<String, ConfigValue>)>;
+
     #[derive(Default)]
     struct Broker {
-        topics: Mutex<BTreeMap<String, (Layout, BTreeMap<String, ConfigValue>)>>,
+        topics: Mutex<Topics>,
         calls: Mutex<Vec<String>>,
         /// The APIs the broker does not have.
         missing: Vec<&'static str>,
