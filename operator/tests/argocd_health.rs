@@ -14,9 +14,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cluster::{annotate, finish_rollout, wait_reason};
+use common::cluster::{Kind, annotate, apply_spec, finish_rollout, wait_reason};
 use common::{Env, eventually, minimal_cluster, stack_kafka};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use realtime_operator::crd::{KafkaTopic, MongoIndex, RealtimeCluster, TurnPool};
 use serde_json::{Value, json};
 
@@ -117,14 +117,7 @@ fn an_object_without_status_is_progressing() {
 
 /// The live object, for the script and (with `REALTIME_CAPTURE_ARGOCD=1`) as testdata:
 /// what identifies one run (uids, versions, times of the API server) is left out.
-async fn live<K>(env: &Env, name: &str) -> Value
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+async fn live<K: Kind>(env: &Env, name: &str) -> Value {
     let mut value = serde_json::to_value(env.api::<K>().get(name).await.unwrap()).unwrap();
     let meta = value["metadata"].as_object_mut().unwrap();
     for key in [
@@ -143,14 +136,7 @@ where
 
 /// Checks the health of the live `K` named `name`, and captures it as testdata `file`
 /// when asked to.
-async fn check<K>(env: &Env, name: &str, file: &str, status: &str, text: &str)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+async fn check<K: Kind>(env: &Env, name: &str, file: &str, status: &str, text: &str) {
     let kind = K::kind(&()).into_owned();
     let obj = live::<K>(env, name).await;
     let (got, message) = health(&kind, &obj);
@@ -176,28 +162,6 @@ where
         cases.sort_by_key(|c| c["inputPath"].as_str().unwrap_or_default().to_owned());
         std::fs::write(&tests_path, serde_norway::to_string(&tests).unwrap()).unwrap();
     }
-}
-
-async fn apply<K>(env: &Env, name: &str, spec: Value)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let body = json!({
-        "apiVersion": "realtime.dev/v1alpha1", "kind": K::kind(&()),
-        "metadata": {"name": name}, "spec": spec,
-    });
-    env.api::<K>()
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -240,7 +204,7 @@ async fn the_statuses_the_operator_writes_have_the_health_they_should() {
     let topic = format!("{}.argocd", env.ns);
     let spec = json!({"topicName": topic, "partitions": 2, "replicationFactor": 1,
         "bootstrapServers": stack_kafka()});
-    apply::<KafkaTopic>(&env, "events", spec.clone()).await;
+    apply_spec::<KafkaTopic>(&env, "events", spec.clone()).await;
     wait_reason::<KafkaTopic>(&env, "events", "Ready", "True", "InSync").await;
     check::<KafkaTopic>(&env, "events", "healthy", "Healthy", "InSync").await;
     annotate::<KafkaTopic>(&env, "events", "realtime.dev/paused", json!("true")).await;
@@ -258,7 +222,7 @@ async fn the_statuses_the_operator_writes_have_the_health_they_should() {
     annotate::<KafkaTopic>(&env, "events", "realtime.dev/paused", json!(null)).await;
     let mut fewer = spec;
     fewer["partitions"] = json!(1);
-    apply::<KafkaTopic>(&env, "events", fewer).await;
+    apply_spec::<KafkaTopic>(&env, "events", fewer).await;
     wait_reason::<KafkaTopic>(&env, "events", "Stalled", "True", "PartitionDecrease").await;
     check::<KafkaTopic>(
         &env,
@@ -273,18 +237,18 @@ async fn the_statuses_the_operator_writes_have_the_health_they_should() {
     // → Degraded.
     let index = json!({"collection": "argocd", "keys": [{"field": "a", "order": 1}],
         "database": format!("argocd_{}", env.ns.replace('-', "_")), "clusterRef": {"name": "chat"}});
-    apply::<MongoIndex>(&env, "by-a", index.clone()).await;
+    apply_spec::<MongoIndex>(&env, "by-a", index.clone()).await;
     wait_reason::<MongoIndex>(&env, "by-a", "Ready", "True", "InSync").await;
     check::<MongoIndex>(&env, "by-a", "healthy", "Healthy", "InSync").await;
     let mut unique = index;
     unique["unique"] = json!(true);
-    apply::<MongoIndex>(&env, "by-a", unique).await;
+    apply_spec::<MongoIndex>(&env, "by-a", unique).await;
     wait_reason::<MongoIndex>(&env, "by-a", "Stalled", "True", "Conflict").await;
     check::<MongoIndex>(&env, "by-a", "conflict", "Degraded", "replaceConflicting").await;
 
     // TurnPool: its only server does not answer → Degraded.
     let pool = json!({"servers": [{"host": "127.0.0.1", "port": 9, "transports": ["udp"]}]});
-    apply::<TurnPool>(&env, "edge", pool).await;
+    apply_spec::<TurnPool>(&env, "edge", pool).await;
     wait_reason::<TurnPool>(&env, "edge", "Ready", "False", "NoHealthyServers").await;
     check::<TurnPool>(&env, "edge", "no-healthy-servers", "Degraded", "none of 1").await;
     env.stop().await;

@@ -17,10 +17,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::cluster::{annotate, delete_and_wait, message_of, wait_event, wait_reason};
+use common::cluster::{annotate, apply_spec, delete_and_wait, message_of, wait_event, wait_reason};
 use common::{Env, eventually, minimal_cluster};
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -53,18 +53,21 @@ fn topic(env: &Env, name: &str) -> String {
 }
 
 async fn apply(env: &Env, name: &str, spec: Value) {
-    let body = json!({
-        "apiVersion": "realtime.dev/v1alpha1", "kind": "KafkaTopic",
-        "metadata": {"name": name}, "spec": spec,
-    });
-    env.api::<KafkaTopic>()
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&body),
+    apply_spec::<KafkaTopic>(env, name, spec).await;
+}
+
+/// Sets `retention.ms` of `topic` to 1000 behind the operator's back; returns the admin
+/// client that did it.
+async fn drift_retention(topic: &str) -> RdAdmin {
+    let admin = RdAdmin::new(&brokers()).unwrap();
+    admin
+        .alter_configs(
+            topic,
+            &[ConfigOp::Set("retention.ms".into(), "1000".into())],
         )
         .await
         .unwrap();
+    admin
 }
 
 /// librdkafka's admin client: the independent reader of what the broker holds.
@@ -142,14 +145,7 @@ async fn a_topic_is_created_reported_kept_in_line_and_impossible_changes_are_ref
 
     // A config changed behind the operator's back is set back on the next resync (a
     // metadata change makes that one come at once).
-    let admin = RdAdmin::new(&brokers()).unwrap();
-    admin
-        .alter_configs(
-            &name,
-            &[ConfigOp::Set("retention.ms".into(), "1000".into())],
-        )
-        .await
-        .unwrap();
+    let admin = drift_retention(&name).await;
     assert_eq!(
         configs(&name).await.get("retention.ms"),
         Some(&Some("1000".to_owned()))
@@ -251,14 +247,7 @@ async fn the_older_resource_wins_pause_stops_and_delete_policy_deletes_the_topic
     // Paused: nothing is repaired, and a condition says why.
     annotate::<KafkaTopic>(&env, "first", "realtime.dev/paused", json!("true")).await;
     wait_reason::<KafkaTopic>(&env, "first", "Reconciling", "False", "Paused").await;
-    let admin = RdAdmin::new(&brokers()).unwrap();
-    admin
-        .alter_configs(
-            &name,
-            &[ConfigOp::Set("retention.ms".into(), "1000".into())],
-        )
-        .await
-        .unwrap();
+    drift_retention(&name).await;
     let mut changed = spec.clone();
     changed["config"] = json!({"retention.ms": "60000"});
     apply(&env, "first", changed).await;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::cluster::{annotate, delete_and_wait, message_of, wait_event, wait_reason};
+use common::cluster::{annotate, apply_spec, delete_and_wait, message_of, wait_event, wait_reason};
 use common::{Env, eventually, minimal_cluster};
 use futures::TryStreamExt;
 use kube::ResourceExt;
@@ -54,18 +54,7 @@ async fn apply(env: &Env, name: &str, database: &str, spec: Value) {
     let mut spec = spec;
     spec["database"] = json!(database);
     spec["clusterRef"] = json!({"name": "rc"});
-    let body = json!({
-        "apiVersion": "realtime.dev/v1alpha1", "kind": "MongoIndex",
-        "metadata": {"name": name}, "spec": spec,
-    });
-    env.api::<MongoIndex>()
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    apply_spec::<MongoIndex>(env, name, spec).await;
 }
 
 /// The index named `name` as the server lists it.

@@ -184,14 +184,13 @@ pub async fn finish_rollout(env: &Env, instance: &str, component: &str) {
 
 /// Waits for condition `type_` of the `K` named `name` to have `status` and `reason`;
 /// returns the resource as it was then.
-pub async fn wait_reason<K>(env: &Env, name: &str, type_: &str, status: &str, reason: &str) -> K
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+pub async fn wait_reason<K: Kind>(
+    env: &Env,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> K {
     let what = format!("{} {name}: {type_}={status}/{reason}", K::kind(&()));
     eventually(&what, 30, || async {
         let obj: K = env.api::<K>().get(name).await.unwrap();
@@ -217,13 +216,7 @@ pub fn message_of<K: serde::Serialize>(obj: &K, type_: &str) -> String {
 }
 
 /// Sets (or, with `null`, removes) one annotation of the `K` named `name`.
-pub async fn annotate<K>(env: &Env, name: &str, key: &str, value: serde_json::Value)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+pub async fn annotate<K: Kind>(env: &Env, name: &str, key: &str, value: serde_json::Value) {
     env.api::<K>()
         .patch(
             name,
@@ -235,13 +228,7 @@ where
 }
 
 /// Deletes the `K` named `name` and waits until it is gone.
-pub async fn delete_and_wait<K>(env: &Env, name: &str)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+pub async fn delete_and_wait<K: Kind>(env: &Env, name: &str) {
     env.api::<K>()
         .delete(name, &kube::api::DeleteParams::default())
         .await
@@ -259,4 +246,40 @@ where
         },
     )
     .await;
+}
+
+/// A namespaced custom resource kind the helpers handle alike.
+pub trait Kind:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Kind for K where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+{
+}
+
+/// Server-side applies the `K` named `name` with `spec`, as a platform team's manifest
+/// would be (field manager `test`).
+pub async fn apply_spec<K: Kind>(env: &Env, name: &str, spec: serde_json::Value) {
+    let body = json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": K::kind(&()),
+        "metadata": {"name": name}, "spec": spec,
+    });
+    env.api::<K>()
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
 }

@@ -26,7 +26,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::external::{self, External};
-use super::realtime_cluster::conflict::normalize_broker;
+use super::realtime_cluster::conflict::{age_key, normalize_broker};
 use super::{Context, Error, instrumented, object_key, publish, retry_later};
 use crate::crd::condition::*;
 use crate::crd::event;
@@ -129,18 +129,6 @@ fn brokers_of(
     Some(broker_set(&rc.spec.kafka.bootstrap_servers, &ns))
 }
 
-/// Creation order: older first; same second, by namespace and name.
-fn age_key(kt: &KafkaTopic) -> (Option<i64>, String, String) {
-    (
-        kt.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second()),
-        kt.namespace().unwrap_or_default(),
-        kt.name_any(),
-    )
-}
-
 /// The older KafkaTopic (`namespace/name`) that manages the same topic on a broker
 /// `brokers` shares, if any: it wins, `kt` gives way.
 pub fn older_owner(
@@ -151,14 +139,14 @@ pub fn older_owner(
 ) -> Option<(String, String)> {
     let mine = age_key(kt);
     all.iter()
-        .filter(|o| o.spec.topic_name == kt.spec.topic_name && age_key(o) < mine)
+        .filter(|o| o.spec.topic_name == kt.spec.topic_name && age_key(&***o) < mine)
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter_map(|o| {
             let shared = brokers_of(o, &cluster)?
                 .intersection(brokers)
                 .next()?
                 .clone();
-            Some((age_key(o), o, shared))
+            Some((age_key(&**o), o, shared))
         })
         .min_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, o, broker)| {

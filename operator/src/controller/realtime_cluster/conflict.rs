@@ -96,15 +96,16 @@ pub fn shared(a: &RealtimeCluster, b: &RealtimeCluster) -> Option<(String, Strin
     Some((broker, topic))
 }
 
-/// Creation order: older first; same second, by namespace and name.
-fn age_key(rc: &RealtimeCluster) -> (Option<i64>, String, String) {
+/// Creation order: older first; same second, by namespace and name. (Also how two
+/// KafkaTopics of one topic are ordered.)
+pub fn age_key<K: ResourceExt>(obj: &K) -> (Option<i64>, String, String) {
     (
-        rc.metadata
+        obj.meta()
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.as_second()),
-        rc.namespace().unwrap_or_default(),
-        rc.name_any(),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
     )
 }
 
@@ -117,9 +118,9 @@ fn same(a: &RealtimeCluster, b: &RealtimeCluster) -> bool {
 pub fn find(rc: &RealtimeCluster, all: &[Arc<RealtimeCluster>]) -> Option<Conflict> {
     let mine = age_key(rc);
     all.iter()
-        .filter(|other| !same(rc, other) && age_key(other) < mine)
+        .filter(|other| !same(rc, other) && age_key(&***other) < mine)
         .filter_map(|other| shared(rc, other).map(|s| (other, s)))
-        .min_by_key(|(other, _)| age_key(other))
+        .min_by_key(|(other, _)| age_key(&***other))
         .map(|(other, (broker, topic))| Conflict {
             winner: format!(
                 "{}/{}",
