@@ -95,7 +95,7 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
   kubectl("-n", NS, "wait", "--for=condition=Ready", "rtc/chat", "turnpool/calls", "mongoindex/messages-by-sender", "kafkatopic/audit-events", "--timeout=240s");
   // The cluster's own topics and indexes, made by the operator from its pod (another
   // namespace than the broker's and the database's), each waitable with kubectl.
-  kubectl("-n", NS, "wait", "--for=condition=Ready", "kafkatopic", "mongoindex", "-l", "app.kubernetes.io/instance=chat", "--timeout=60s");
+  kubectl("-n", NS, "wait", "--for=condition=Ready", "kafkatopic,mongoindex", "-l", "app.kubernetes.io/instance=chat", "--timeout=60s");
   const owned = JSON.parse(kubectl("-n", NS, "get", "kafkatopic,mongoindex", "-l", "app.kubernetes.io/instance=chat", "-o", "json")).items;
   assert.deepEqual(
     owned.map((o) => `${o.kind} ${o.metadata.name}`).sort(),
