@@ -76,6 +76,8 @@ pub mod condition {
     pub const REASON_IN_SYNC: &str = "InSync";
     /// KafkaTopic/MongoIndex: the resource is being deleted and the external object with it.
     pub const REASON_DELETING: &str = "Deleting";
+    /// The index is being built (`createIndexes` runs in the background).
+    pub const REASON_BUILDING: &str = "Building";
     /// Another resource manages the same object (the same topic on the same brokers);
     /// the older one wins.
     pub const REASON_RESOURCE_CONFLICT: &str = "ResourceConflict";
@@ -114,6 +116,10 @@ pub mod event {
     pub const INDEX_DROPPED: &str = "IndexDropped";
     /// Dropping an index failed; the finalizer stays until it succeeds.
     pub const INDEX_DROP_FAILED: &str = "IndexDropFailed";
+    /// A MongoIndex's build started (`IndexCreated` follows when it is done).
+    pub const INDEX_BUILD_STARTED: &str = "IndexBuildStarted";
+    /// A MongoIndex's build was refused by the server.
+    pub const INDEX_BUILD_FAILED: &str = "IndexBuildFailed";
     /// A KafkaTopic's topic was created.
     pub const TOPIC_CREATED: &str = "TopicCreated";
     /// An existing topic was taken under management.

@@ -20,6 +20,7 @@ use super::{DeletionPolicy, LocalRef};
     printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
     printcolumn = r#"{"name":"Index","type":"string","jsonPath":".status.indexName"}"#,
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterRef.name"}"#,
+    printcolumn = r#"{"name":"Build","type":"string","jsonPath":".status.buildState"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -88,6 +89,14 @@ pub struct MongoIndexStatus {
     /// The index's name (the spec's, or MongoDB's `field_order_…` default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_name: Option<String>,
+    /// `Building` while the operator's `createIndexes` runs (a large collection takes
+    /// minutes; the reconcile does not wait for it), `Ready` once the server lists the
+    /// index, `Failed` when the build was refused (the conditions say why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_state: Option<String>,
+    /// When the current or last build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The index as the server reports it (`listIndexes`); absent while it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::mongo_index::any_object")]

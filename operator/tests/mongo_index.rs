@@ -86,8 +86,47 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
         "keys": [{"field": "created_at", "order": 1}],
         "unique": false, "sparse": true, "expireAfterSeconds": 3600,
     });
+    // Every status the operator writes, as a watch delivers it.
+    let states = {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let config = kube::runtime::watcher::Config::default().fields("metadata.name=expiry");
+        let mut stream = kube::runtime::watcher(env.api::<MongoIndex>(), config)
+            .applied_objects()
+            .boxed();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(mi)) = stream.next().await {
+                let state = mi.status.and_then(|s| s.build_state);
+                if tx.send(state).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
     apply(&env, "expiry", &database, spec.clone()).await;
     let mi = wait_reason::<MongoIndex>(&env, "expiry", "Ready", "True", "InSync").await;
+    let mut states = states;
+    let mut seen = Vec::new();
+    let delivered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(state) = states.recv().await {
+            let ready = state.as_deref() == Some("Ready");
+            seen.push(state);
+            if ready {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "the watch delivered the Ready status: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.as_deref() == Some("Building")),
+        "the build was reported while it ran: {seen:?}"
+    );
     let status = mi.status.unwrap();
     assert_eq!(status.index_name.as_deref(), Some("created_at_1"));
     assert_eq!(status.database.as_deref(), Some(database.as_str()));
@@ -98,6 +137,16 @@ async fn an_index_is_created_reported_kept_in_line_and_its_ttl_changed_in_place(
     assert_eq!(index.get_document("key").unwrap(), &doc! {"created_at": 1});
     assert_eq!(index.get_bool("sparse"), Ok(true));
     assert_eq!(ttl(&index), Some(3600));
+    // Built in the background: the start and the end announced, the state in status.
+    assert_eq!(status.build_state.as_deref(), Some("Ready"));
+    assert!(status.build_started_at.is_some());
+    wait_event(
+        &env,
+        "IndexBuildStarted",
+        "Normal",
+        "building index created_at_1",
+    )
+    .await;
     wait_event(&env, "IndexCreated", "Normal", "created_at_1").await;
     // Retain (default): no finalizer.
     let mi = env.api::<MongoIndex>().get("expiry").await.unwrap();

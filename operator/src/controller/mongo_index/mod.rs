@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -42,6 +42,8 @@ pub const KIND: &str = "MongoIndex";
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a MongoIndex whose cluster or Secret is missing looks again.
 const MISSING_RETRY: Duration = Duration::from_secs(15);
+/// How often a running build is looked at.
+const BUILD_POLL: Duration = Duration::from_secs(2);
 /// Longest wait for the database to answer (server selection).
 const SERVER_SELECTION: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,25 @@ const SERVER_SELECTION: Duration = Duration::from_secs(5);
 pub struct IndexContext {
     shared: Arc<Context>,
     clients: Mutex<HashMap<String, mongodb::Client>>,
+    /// The builds running or finished since the last look, by object key.
+    builds: Mutex<HashMap<String, Build>>,
+}
+
+/// How a build ended: `Err((reason, problem))` when the server refused or went away.
+type Outcome = Result<(), (&'static str, String)>;
+
+/// An index build the operator started in the background.
+struct Build {
+    started: Time,
+    outcome: Arc<Mutex<Option<Outcome>>>,
+    /// The Event to publish when it succeeds.
+    done: (&'static str, &'static str, String),
+}
+
+/// How a build the operator started stands.
+enum Progress {
+    Running(Time),
+    Done(Build, Outcome),
 }
 
 impl IndexContext {
@@ -57,6 +78,70 @@ impl IndexContext {
         Self {
             shared,
             clients: Mutex::default(),
+            builds: Mutex::default(),
+        }
+    }
+
+    fn builds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Build>> {
+        self.builds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `createIndexes` in the background: a large collection takes minutes, and the
+    /// reconcile looks again every [`BUILD_POLL`] instead of waiting.
+    fn start_build(
+        &self,
+        key: String,
+        target: &Target,
+        command: Document,
+        done: (&'static str, &'static str, String),
+    ) -> Time {
+        let outcome = Arc::new(Mutex::new(None));
+        let slot = outcome.clone();
+        let db = target.collection.client().database(&target.database);
+        tokio::spawn(async move {
+            let result = db
+                .run_command(command)
+                .await
+                .map(|_| ())
+                .map_err(|e| database_error("building the index (createIndexes)", &e));
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
+        });
+        // Whole seconds: what the API server keeps of a time (a finer one would never
+        // compare equal to the status read back).
+        let started = Time(
+            k8s_openapi::jiff::Timestamp::from_second(external::now().0.as_second())
+                .unwrap_or_else(|_| external::now().0),
+        );
+        self.builds().insert(
+            key,
+            Build {
+                started: started.clone(),
+                outcome,
+                done,
+            },
+        );
+        started
+    }
+
+    /// The build of `key`, if the operator started one: still running, or done (then
+    /// forgotten).
+    fn progress(&self, key: &str) -> Option<Progress> {
+        let mut builds = self.builds();
+        let build = builds.get(key)?;
+        let outcome = build
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match outcome {
+            None => Some(Progress::Running(build.started.clone())),
+            Some(outcome) => builds
+                .remove(key)
+                .map(|build| Progress::Done(build, outcome)),
         }
     }
 
@@ -171,26 +256,51 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
             return Ok(Action::await_change());
         }
     };
+    let key = object_key(mi);
+    match ctx.progress(&key) {
+        None => {}
+        Some(Progress::Running(started)) => return building(mi, ctx, &target, started).await,
+        Some(Progress::Done(build, Ok(()))) => {
+            let (reason, action, note) = build.done;
+            publish(ctx, mi, EventType::Normal, reason, action, note).await;
+        }
+        Some(Progress::Done(build, Err((reason, problem)))) => {
+            publish(
+                ctx,
+                mi,
+                EventType::Warning,
+                event::INDEX_BUILD_FAILED,
+                "Create",
+                problem.clone(),
+            )
+            .await;
+            let generation = mi.metadata.generation;
+            let conditions = vec![
+                condition(READY, false, reason, problem.clone(), generation),
+                condition(RECONCILING, true, reason, problem.clone(), generation),
+            ];
+            external::write(mi, ctx, conditions, |status| {
+                status.build_state = Some("Failed".into());
+                status.build_started_at = Some(build.started.clone());
+            })
+            .await?;
+            return Err(Error::Database(problem));
+        }
+    }
     let existing = list(mi, ctx, &target).await?;
+    let create = doc! {"createIndexes": &mi.spec.collection, "indexes": [wanted.clone()]};
     match plan::plan(&wanted, &existing) {
         Plan::InSync => {}
         Plan::Create => {
-            create(mi, ctx, &target, &wanted).await?;
             let note = format!(
                 "created index {} on {}.{}",
                 mi.spec.index_name(),
                 target.database,
                 mi.spec.collection
             );
-            publish(
-                ctx,
-                mi,
-                EventType::Normal,
-                event::INDEX_CREATED,
-                "Create",
-                note,
-            )
-            .await;
+            let done = (event::INDEX_CREATED, "Create", note);
+            let started = ctx.start_build(key, &target, create, done);
+            return building(mi, ctx, &target, started).await;
         }
         Plan::ChangeTtl { from, to } => {
             let command = doc! {
@@ -223,19 +333,12 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
         Plan::Conflict { existing, differs } if mi.spec.replace_conflicting => {
             let command = doc! {"dropIndexes": &mi.spec.collection, "index": &existing};
             run(mi, ctx, &target, command, "dropping the conflicting index").await?;
-            create(mi, ctx, &target, &wanted).await?;
             let note = format!(
                 "index {existing} differed ({differs}); dropped and created as the spec says (replaceConflicting)"
             );
-            publish(
-                ctx,
-                mi,
-                EventType::Normal,
-                event::INDEX_REPLACED,
-                "Replace",
-                note,
-            )
-            .await;
+            let done = (event::INDEX_REPLACED, "Replace", note);
+            let started = ctx.start_build(key, &target, create, done);
+            return building(mi, ctx, &target, started).await;
         }
         Plan::Conflict { existing, differs } => {
             let problem = format!(
@@ -267,6 +370,7 @@ async fn reconcile_inner(mi: &MongoIndex, ctx: &IndexContext) -> Result<Action, 
     external::write(mi, ctx, conditions, |status| {
         status.index_name = Some(name.clone());
         status.database = Some(target.database.clone());
+        status.build_state = Some(if index.is_some() { "Ready" } else { "Missing" }.into());
         status.index.clone_from(&index);
     })
     .await?;
@@ -350,14 +454,51 @@ async fn list(mi: &MongoIndex, ctx: &Context, target: &Target) -> Result<Vec<Doc
     }
 }
 
-async fn create(
+/// Reports a build in progress (`Ready=False`/`Building`, `buildState: Building`, since
+/// when) and looks again in [`BUILD_POLL`].
+async fn building(
     mi: &MongoIndex,
     ctx: &Context,
     target: &Target,
-    wanted: &Document,
-) -> Result<(), Error> {
-    let command = doc! {"createIndexes": &mi.spec.collection, "indexes": [wanted.clone()]};
-    run(mi, ctx, target, command, "creating the index").await
+    started: Time,
+) -> Result<Action, Error> {
+    let name = mi.spec.index_name();
+    let message = format!(
+        "building index {name} on {}.{} since {} (createIndexes runs in the background)",
+        target.database, mi.spec.collection, started.0
+    );
+    let generation = mi.metadata.generation;
+    let conditions = vec![
+        condition(READY, false, REASON_BUILDING, message.clone(), generation),
+        condition(
+            RECONCILING,
+            true,
+            REASON_BUILDING,
+            message.clone(),
+            generation,
+        ),
+        condition(STALLED, false, REASON_BUILDING, message.clone(), generation),
+    ];
+    let replaced = external::write(mi, ctx, conditions, |status| {
+        status.index_name = Some(name.clone());
+        status.database = Some(target.database.clone());
+        status.build_state = Some("Building".into());
+        status.build_started_at = Some(started.clone());
+    })
+    .await?;
+    // Announced once per build: when the status first says it started.
+    if replaced.is_some_and(|old| old.build_started_at.as_ref() != Some(&started)) {
+        publish(
+            ctx,
+            mi,
+            EventType::Normal,
+            event::INDEX_BUILD_STARTED,
+            "Create",
+            message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(BUILD_POLL))
 }
 
 /// Runs a command on the index's database.
