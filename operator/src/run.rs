@@ -79,6 +79,34 @@ fn referencing<K: kube::Resource>(
         .collect()
 }
 
+/// Drains a controller's stream: a failed reconcile is already logged and backed off by
+/// its error policy; here it is only traced.
+async fn log_outcome<T, E: std::fmt::Display>(res: Result<T, E>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "controller event");
+    }
+}
+
+/// The resources in `store` of `rc`'s namespace whose cluster (by `cluster_of`) is `rc`:
+/// a MongoIndex or KafkaTopic applied before its RealtimeCluster (`kubectl apply -f
+/// examples/` goes in file order) is reconciled again when the cluster appears or changes.
+fn of_cluster<K>(
+    store: &Store<K>,
+    rc: &RealtimeCluster,
+    cluster_of: impl Fn(&K) -> Option<&str>,
+) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (name, namespace) = (rc.name_any(), rc.namespace());
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace() == namespace && cluster_of(o) == Some(name.as_str()))
+        .map(|o| ObjectRef::from_obj(&*o))
+        .collect()
+}
+
 /// Runs the RealtimeCluster, TurnPool, MongoIndex and KafkaTopic controllers until
 /// `shutdown` resolves.
 pub async fn run_controllers(
@@ -118,29 +146,15 @@ pub async fn run_controllers(
             turn_pool::error_policy,
             Arc::new(turn_pool::PoolContext::new(ctx.clone())),
         )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+        .for_each(log_outcome);
     let indexes = Controller::new(api::<MongoIndex>(&client, ns), watcher::Config::default());
     let index_store = indexes.store();
     let by_index = index_store.clone();
     let indexes = indexes
-        // A MongoIndex applied before its RealtimeCluster (`kubectl apply -f examples/`
-        // goes in file order) is reconciled again when the cluster appears or changes.
         .watches(
             api::<RealtimeCluster>(&client, ns),
             watcher::Config::default(),
-            move |rc| {
-                let (name, namespace) = (rc.name_any(), rc.namespace());
-                by_index
-                    .state()
-                    .into_iter()
-                    .filter(|mi| mi.namespace() == namespace && mi.spec.cluster_ref.name == name)
-                    .map(|mi| ObjectRef::from_obj(&*mi))
-                    .collect::<Vec<_>>()
-            },
+            move |rc| of_cluster(&by_index, &rc, |mi| Some(mi.spec.cluster_ref.name.as_str())),
         )
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -148,11 +162,7 @@ pub async fn run_controllers(
             mongo_index::error_policy,
             Arc::new(mongo_index::IndexContext::new(ctx.clone())),
         )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+        .for_each(log_outcome);
     let topics = Controller::new(api::<KafkaTopic>(&client, ns), watcher::Config::default());
     let topic_store = topics.store();
     let (by_topic, by_topic_cluster) = (topic_store.clone(), topic_store.clone());
@@ -168,16 +178,9 @@ pub async fn run_controllers(
             api::<RealtimeCluster>(&client, ns),
             watcher::Config::default(),
             move |rc| {
-                let (name, namespace) = (rc.name_any(), rc.namespace());
-                by_topic_cluster
-                    .state()
-                    .into_iter()
-                    .filter(|kt| {
-                        kt.namespace() == namespace
-                            && kt.spec.cluster_ref.as_ref().is_some_and(|r| r.name == name)
-                    })
-                    .map(|kt| ObjectRef::from_obj(&*kt))
-                    .collect::<Vec<_>>()
+                of_cluster(&by_topic_cluster, &rc, |kt| {
+                    kt.spec.cluster_ref.as_ref().map(|r| r.name.as_str())
+                })
             },
         )
         .graceful_shutdown_on(shutdown.clone())
@@ -189,11 +192,7 @@ pub async fn run_controllers(
                 topic_store.clone(),
             )),
         )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+        .for_each(log_outcome);
     let clusters = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<KafkaTopic>(&client, ns), owned.clone())
@@ -234,11 +233,7 @@ pub async fn run_controllers(
             realtime_cluster::error_policy,
             ctx,
         )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+        .for_each(log_outcome);
     // kube-runtime holds a controller's runner until its cache is filled, also through a
     // graceful shutdown; with the watches stopped it would wait forever. Before the caches
     // are filled nothing is being reconciled, so a shutdown then stops at once.

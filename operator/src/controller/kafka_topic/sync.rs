@@ -134,11 +134,14 @@ pub async fn sync(admin: &impl TopicAdmin, spec: &KafkaTopicSpec) -> Synced {
             Err(error) => synced = fail(synced, "adding partitions", error),
         }
     }
+    let mut read = None;
     if refusal.is_none() && synced.problem.is_none() {
         match admin.configs(topic).await {
             Ok(effective) => {
                 let ops = config_ops(&spec.config, &effective);
-                if !ops.is_empty() {
+                if ops.is_empty() {
+                    read = Some(effective);
+                } else {
                     match admin.alter_configs(topic, &ops).await {
                         Ok(()) => synced.changes.push(Change::Configs(ops)),
                         Err(error) => synced = fail(synced, "changing the topic's configs", error),
@@ -151,11 +154,18 @@ pub async fn sync(admin: &impl TopicAdmin, spec: &KafkaTopicSpec) -> Synced {
     if refusal.is_some() {
         synced.problem = refusal;
     }
-    // What the broker reports now, whatever happened above.
-    if let (Ok(Some(layout)), Ok(config)) =
-        (admin.describe(topic).await, admin.configs(topic).await)
-    {
-        synced.observed = Some(Observed { layout, config });
+    // What the broker reports now: what was just read when nothing changed (every resync
+    // of a topic in line), else read again.
+    let unchanged = synced.changes.iter().all(|c| *c == Change::Adopted);
+    match read {
+        Some(config) if unchanged => synced.observed = Some(Observed { layout, config }),
+        _ => {
+            if let (Ok(Some(layout)), Ok(config)) =
+                (admin.describe(topic).await, admin.configs(topic).await)
+            {
+                synced.observed = Some(Observed { layout, config });
+            }
+        }
     }
     synced
 }
@@ -383,7 +393,14 @@ mod tests {
             (synced.problem, synced.changes),
             (None, vec![Change::Adopted])
         );
-        assert!(broker.changes().is_empty(), "{:?}", broker.calls());
+        // One read of each: what was read is what the status reports.
+        assert_eq!(broker.calls(), vec!["describe t", "configs t"]);
+        let observed = synced.observed.unwrap();
+        assert_eq!(observed.layout.partitions, 3);
+        assert_eq!(
+            observed.config["retention.ms"].value.as_deref(),
+            Some("1000")
+        );
     }
 
     #[tokio::test]
