@@ -266,11 +266,11 @@ export async function seedConversation(db, tenant, conversation, users, roles = 
 const sockets = new Set();
 
 /**
- * Connects to `/chat` and records every server event. Resolves once connected,
- * rejects with the server's connect_error.
+ * Connects to `/chat` (or `opts.namespace`, e.g. "/webrtc") and records every server
+ * event. Resolves once connected, rejects with the server's connect_error.
  */
-export function connect(proc, token, opts = {}) {
-  const socket = ioClient(`${proc.url}/chat`, {
+export function connect(proc, token, { namespace = "/chat", ...opts } = {}) {
+  const socket = ioClient(`${proc.url}${namespace}`, {
     auth: token === undefined ? undefined : { token },
     transports: ["websocket"],
     reconnection: false,
@@ -312,3 +312,28 @@ export function suite(name, redisDb) {
 }
 
 export const text = (t) => ({ type: "text", text: t });
+
+/**
+ * Reads every record of `topic` from the beginning with kafkajs (a client independent of
+ * the server's librdkafka) until `done(records)` holds or `timeoutMs` passes. Records are
+ * `{key, value (parsed JSON), partition, offset}`.
+ */
+export async function readTopic(topic, done, { timeoutMs = 20_000 } = {}) {
+  const { Kafka, logLevel } = await import("kafkajs");
+  const kafka = new Kafka({ brokers: stackEnv().KAFKA_BROKERS.split(","), clientId: "e2e-reader", logLevel: logLevel.NOTHING });
+  const consumer = kafka.consumer({ groupId: `e2e-reader-${randomUUID()}` });
+  const records = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        records.push({ key: message.key?.toString(), value: JSON.parse(message.value.toString()), partition, offset: message.offset });
+      },
+    });
+    await waitFor(() => done(records), { timeoutMs, what: `records on ${topic}` });
+    return records;
+  } finally {
+    await consumer.disconnect();
+  }
+}

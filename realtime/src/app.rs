@@ -72,6 +72,7 @@ impl Dependencies {
                     &cfg.kafka.message_topic,
                     &cfg.kafka.persistence_topic,
                     &cfg.kafka.dead_letter_topic(),
+                    &cfg.kafka.recording_topic,
                 ],
             )
             .await
@@ -186,9 +187,18 @@ async fn start_gateway(
     let verifier =
         Verifier::from_config(&cfg.auth).context("JWT_SECRET is required for the gateway")?;
     let chat = Chat::new(cfg, redis, store, producer.clone(), metrics.clone());
+    let calls = crate::calls::Calls::new(
+        crate::calls::CallSettings::from_config(cfg),
+        redis.clone(),
+        store.clone(),
+        producer.clone(),
+        metrics.clone(),
+        chat.rooms.gateway_id().to_owned(),
+    );
     let gw = Arc::new(Gateway {
         verifier,
         chat,
+        calls,
         metrics: metrics.clone(),
         ice: crate::ice::IceProvider::start(&cfg.turn, cancel.clone()).await?,
         cfg: cfg.clone(),
@@ -212,7 +222,9 @@ async fn start_gateway(
         .with_state(gw.clone())
         .max_buffer_size(cfg.socket_max_buffer)
         .max_payload(
-            u64::try_from(cfg.limits.max_message_bytes)
+            // A message or a signal of the largest allowed size (escaped, in a frame)
+            // reaches the handler, which refuses a larger one with `too_large`.
+            u64::try_from(cfg.limits.max_message_bytes.max(cfg.calls.max_signal_bytes))
                 .unwrap_or(u64::MAX)
                 .saturating_mul(2)
                 .saturating_add(64 * 1024),
@@ -259,6 +271,13 @@ async fn start_gateway(
         let (gw, io, cancel) = (gw.clone(), io.clone(), cancel.clone());
         async move {
             gateway::run_sweeper(gw, io, cancel).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (gw, io, cancel) = (gw.clone(), io.clone(), cancel.clone());
+        async move {
+            gateway::run_call_sweeper(gw, io, cancel).await;
             Ok(())
         }
     });

@@ -73,6 +73,9 @@ pub struct Config {
     #[command(flatten)]
     pub persister: PersisterConfig,
 
+    #[command(flatten)]
+    pub calls: CallsConfig,
+
     /// Packets queued per socket before further emits to it are dropped (slow client).
     #[arg(long, env = "SOCKET_MAX_BUFFER", default_value_t = 4096)]
     pub socket_max_buffer: usize,
@@ -164,6 +167,15 @@ pub struct KafkaConfig {
     /// at start-up with the others.
     #[arg(long = "kafka-dead-letter-topic", env = "KAFKA_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
+
+    /// Topic on which every recording change and consent is published (JSON, keyed
+    /// `tenantId:recordingId`).
+    #[arg(
+        long = "kafka-recording-topic",
+        env = "KAFKA_RECORDING_TOPIC",
+        default_value = "webrtc.recording.events"
+    )]
+    pub recording_topic: String,
 
     /// How long the producer keeps trying to deliver a message before giving up.
     #[arg(
@@ -281,7 +293,7 @@ pub struct LimitsConfig {
     #[arg(
         long = "connection-event-limits",
         env = "CONNECTION_EVENT_LIMITS",
-        default_value = "read:20/200,join:50/500,other:20/100"
+        default_value = "read:20/200,join:50/500,other:20/100,signal:50/200"
     )]
     pub connection_events: crate::rate_limit::EventLimits,
 
@@ -393,6 +405,48 @@ pub struct RoomsConfig {
     /// 0 turns the cache off (every check reads MongoDB).
     #[arg(long = "room-authz-cache-ttl", env = "ROOM_AUTHZ_CACHE_TTL", default_value = "300", value_parser = seconds)]
     pub authz_cache_ttl: Duration,
+}
+
+/// Calls and recordings on `/webrtc`.
+#[derive(Debug, Clone, Args)]
+pub struct CallsConfig {
+    /// Seconds a call rings before the members who did not answer miss it (and a call
+    /// nobody answered ends with `no_answer`).
+    #[arg(long = "call-ring-timeout-seconds", env = "CALL_RING_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
+    pub ring_timeout: Duration,
+
+    /// Seconds every member has to consent before a recording is cancelled (or, for a
+    /// member who joins during a recording, before it stops). The RealtimeCluster's
+    /// `recordingConsentTimeoutSeconds`.
+    #[arg(long = "recording-consent-timeout-seconds", env = "RECORDING_CONSENT_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
+    pub recording_consent_timeout: Duration,
+
+    /// Seconds a call member whose `/webrtc` sockets are all gone stays in the call (a
+    /// reconnect within it, to any gateway, keeps them in).
+    #[arg(long = "call-leave-grace-seconds", env = "CALL_LEAVE_GRACE_SECONDS", default_value = "20", value_parser = positive_seconds)]
+    pub leave_grace: Duration,
+
+    /// Largest `call:signal` signal object (SDP or candidate), in bytes of JSON; a larger
+    /// one is refused with `too_large`.
+    #[arg(long = "max-signal-bytes", env = "MAX_SIGNAL_BYTES", default_value = "32768", value_parser = signal_bytes)]
+    pub max_signal_bytes: usize,
+}
+
+/// `MAX_SIGNAL_BYTES`: 1 KiB to 1 MiB.
+fn signal_bytes(s: &str) -> Result<usize, String> {
+    let n = whole(s, "bytes")?;
+    if !(1024..=1_048_576).contains(&n) {
+        return Err(format!("{n} is not between 1024 and 1048576 bytes"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
+}
+
+/// At least one whole second.
+fn positive_seconds(s: &str) -> Result<Duration, String> {
+    match whole(s, "seconds")? {
+        0 => Err("must be at least 1 second".into()),
+        n => Ok(Duration::from_secs(n)),
+    }
 }
 
 /// A duration given in whole milliseconds.

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     DeliveryFailed,
     /// `room:join` past the number of conversations one connection may join.
     TooManyRooms,
+    /// The request contradicts the current state (a recording already pending or
+    /// running, declining a call one is in).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::TooFarBehind => "too_far_behind",
             ErrorCode::DeliveryFailed => "delivery_failed",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

@@ -57,6 +57,38 @@ pub fn recent(tenant: &str, conversation: &str) -> String {
     format!("rt:{tenant}:recent:{conversation}")
 }
 
+/// A call's state (JSON of `calls::state::Call`).
+pub fn call(tenant: &str, call: &str) -> String {
+    format!("rt:{tenant}:call:{call}")
+}
+
+/// The call going on in a conversation (its id).
+pub fn conversation_call(tenant: &str, conversation: &str) -> String {
+    format!("rt:{tenant}:convcall:{conversation}")
+}
+
+/// The call a recording belongs to (its id).
+pub fn recording_call(tenant: &str, recording: &str) -> String {
+    format!("rt:{tenant}:reccall:{recording}")
+}
+
+/// A user's `/webrtc` sockets: field socket id, value the gateway id.
+pub fn call_sockets(tenant: &str, user: &str) -> String {
+    format!("rt:{tenant}:rtcsock:{user}")
+}
+
+/// The calls a user is in (set of call ids).
+pub fn user_calls(tenant: &str, user: &str) -> String {
+    format!("rt:{tenant}:usercalls:{user}")
+}
+
+/// Deadlines of calls (ring timeouts, consent deadlines, member presence checks): sorted
+/// set of `kind|tenant|call[|user]` scored by ms since the epoch.
+pub const CALL_DEADLINES: &str = "rt:#:calls:due";
+
+/// Calls going on, every tenant (`tenant|call`), for the `calls_active` gauge.
+pub const ACTIVE_CALLS: &str = "rt:#:calls:active";
+
 /// Prefix of gateway liveness keys (`rt:#:gw:<gateway id>`), refreshed by a heartbeat.
 pub const GATEWAY_ALIVE_PREFIX: &str = "rt:#:gw:";
 
@@ -92,6 +124,11 @@ mod tests {
             room_activity("t", "c"),
             typing("t", "c", "u"),
             recent("t", "c"),
+            call("t", "c"),
+            conversation_call("t", "c"),
+            recording_call("t", "r"),
+            call_sockets("t", "u"),
+            user_calls("t", "u"),
         ] {
             assert!(name.starts_with("rt:t:"), "{name}");
         }
@@ -100,7 +137,12 @@ mod tests {
             message("t", "c2", "u", "k"),
             "a clientMessageId reused in another conversation is another message"
         );
-        for global in [GATEWAY_ALIVE_PREFIX, DELIVERY_SCHEDULE] {
+        for global in [
+            GATEWAY_ALIVE_PREFIX,
+            DELIVERY_SCHEDULE,
+            CALL_DEADLINES,
+            ACTIVE_CALLS,
+        ] {
             assert!(global.starts_with("rt:#:"), "{global}");
         }
         assert_eq!(conversation_room("t", "c"), "c:t:c");

@@ -9,6 +9,9 @@
 //! - [`chat`] is the chat service: every use case (send, history, status, recover, join,
 //!   leave, presence, typing, moderation) on an identity and a typed request, returning a
 //!   typed answer and the emits — no Socket.IO in it;
+//! - [`calls`] is the call service of `/webrtc` (signalling, ringing, presence, recording
+//!   with consent): state in Redis changed by compare-and-set, deadlines any gateway
+//!   enforces, recording metadata in MongoDB and on the broker;
 //! - [`persister`] moves `chat.messages` into MongoDB and announces what it stored;
 //! - [`model`] is the domain (messages, roles, standing, permissions), depending on nothing;
 //! - [`auth`], [`protocol`], [`error`] are the client contract (tokens, payloads, codes);
@@ -20,6 +23,7 @@
 pub mod app;
 pub mod auth;
 pub mod backoff;
+pub mod calls;
 pub mod chat;
 pub mod config;
 pub mod delivery;

@@ -63,6 +63,23 @@ pub struct Metrics {
     pub rate_limited: Family<ClassLabel, Counter>,
     pub room_joins: Family<OutcomeLabel, Counter>,
     pub resend_waits: Counter,
+    pub calls_active: Gauge,
+    pub calls_started: Counter,
+    pub calls_ended: Family<ReasonLabel, Counter>,
+    pub call_setup: Histogram,
+    pub signals_relayed: Family<KindLabel, Counter>,
+    pub recording_changes: Family<KindLabel, Counter>,
+    pub recording_write_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,7 +124,50 @@ impl Default for Metrics {
             rate_limited: Family::default(),
             room_joins: Family::default(),
             resend_waits: Counter::default(),
+            calls_active: Gauge::default(),
+            calls_started: Counter::default(),
+            calls_ended: Family::default(),
+            // 0.5 ms .. ~16 s, as the others: most of a setup is a person answering.
+            call_setup: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            signals_relayed: Family::default(),
+            recording_changes: Family::default(),
+            recording_write_errors: Counter::default(),
         };
+        registry.register(
+            "calls_active",
+            "Calls going on, every tenant and gateway (sampled by each gateway's call sweeper)",
+            m.calls_active.clone(),
+        );
+        registry.register(
+            "calls_started",
+            "call:start that created a call",
+            m.calls_started.clone(),
+        );
+        registry.register(
+            "calls_ended",
+            "Calls ended, by reason (hangup, declined, no_answer, ended_by_owner)",
+            m.calls_ended.clone(),
+        );
+        registry.register(
+            "call_setup_seconds",
+            "From call:start to the first member answering (call:accept)",
+            m.call_setup.clone(),
+        );
+        registry.register(
+            "call_signals_relayed",
+            "call:signal relayed to the named member, by signal type",
+            m.signals_relayed.clone(),
+        );
+        registry.register(
+            "recording_changes",
+            "Recording state changes and consents, by event type",
+            m.recording_changes.clone(),
+        );
+        registry.register(
+            "recording_write_errors",
+            "Recording metadata not written to MongoDB or not published (written with the next change)",
+            m.recording_write_errors.clone(),
+        );
         registry.register(
             "connected_sockets",
             "Sockets connected to this gateway",

@@ -39,11 +39,14 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn invalid(message: String) -> ClientError {
+pub(crate) fn invalid(message: String) -> ClientError {
     ClientError::new(ErrorCode::InvalidPayload, message)
 }
 
-fn decode<T: DeserializeOwned>(event: &str, payload: Option<&Value>) -> Result<T, ClientError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    event: &str,
+    payload: Option<&Value>,
+) -> Result<T, ClientError> {
     let value = match payload {
         None => return Err(invalid(format!("{event} needs a JSON object payload"))),
         Some(v) if !v.is_object() => {

@@ -140,18 +140,33 @@ pub enum EventClass {
     Read,
     /// `room:join`, `room:leave`.
     Join,
-    /// Everything else: `typing`, moderation, `room:role`, `call:ice-servers`.
+    /// Everything else: `typing`, moderation, `room:role`, `call:ice-servers`, call and
+    /// recording events other than `call:signal`.
     Other,
+    /// `call:signal` (an offer, an answer, or one of the many trickled candidates).
+    Signal,
 }
 
+/// The `signal` budget when `CONNECTION_EVENT_LIMITS` names none.
+const DEFAULT_SIGNAL: Rate = Rate {
+    per_second: 50.0,
+    burst: 200,
+};
+
 impl EventClass {
-    pub const ALL: [EventClass; 3] = [EventClass::Read, EventClass::Join, EventClass::Other];
+    pub const ALL: [EventClass; 4] = [
+        EventClass::Read,
+        EventClass::Join,
+        EventClass::Other,
+        EventClass::Signal,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventClass::Read => "read",
             EventClass::Join => "join",
             EventClass::Other => "other",
+            EventClass::Signal => "signal",
         }
     }
 
@@ -191,7 +206,7 @@ impl std::str::FromStr for Rate {
 
 /// Per-connection budgets, one per [`EventClass`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EventLimits([Rate; 3]);
+pub struct EventLimits([Rate; 4]);
 
 impl EventLimits {
     pub fn of(&self, class: EventClass) -> Rate {
@@ -201,9 +216,10 @@ impl EventLimits {
 
 impl std::str::FromStr for EventLimits {
     type Err = String;
-    /// `read:20/100,join:50/500,other:20/60`: every class, each once.
+    /// `read:20/100,join:50/500,other:20/60[,signal:50/200]`: every class, each once
+    /// (`signal` may be left out).
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut found: [Option<Rate>; 3] = [None; 3];
+        let mut found: [Option<Rate>; 4] = [None; 4];
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, rate) = part
                 .split_once(':')
@@ -211,13 +227,17 @@ impl std::str::FromStr for EventLimits {
             let class = EventClass::ALL
                 .into_iter()
                 .find(|c| c.as_str() == name.trim())
-                .ok_or_else(|| format!("unknown event class {name:?}; use read, join, other"))?;
+                .ok_or_else(|| {
+                    format!("unknown event class {name:?}; use read, join, other, signal")
+                })?;
             if found[class.index()].replace(rate.parse()?).is_some() {
                 return Err(format!("event class {name} is given twice"));
             }
         }
         match found {
-            [Some(r), Some(j), Some(o)] => Ok(Self([r, j, o])),
+            [Some(r), Some(j), Some(o), signal] => {
+                Ok(Self([r, j, o, signal.unwrap_or(DEFAULT_SIGNAL)]))
+            }
             _ => Err("give a limit for each of read, join and other".into()),
         }
     }
@@ -228,7 +248,7 @@ impl std::str::FromStr for EventLimits {
 #[derive(Debug)]
 pub struct ConnectionBudget {
     limits: EventLimits,
-    buckets: std::sync::Mutex<[(f64, std::time::Instant); 3]>,
+    buckets: std::sync::Mutex<[(f64, std::time::Instant); 4]>,
 }
 
 impl ConnectionBudget {
@@ -287,6 +307,19 @@ mod tests {
             Rate {
                 per_second: 2.5,
                 burst: 6
+            }
+        );
+        assert_eq!(
+            l.of(EventClass::Signal),
+            DEFAULT_SIGNAL,
+            "signal may be left out"
+        );
+        let l: EventLimits = "read:1/1,join:1/1,other:1/1,signal:7/9".parse().unwrap();
+        assert_eq!(
+            l.of(EventClass::Signal),
+            Rate {
+                per_second: 7.0,
+                burst: 9
             }
         );
         for (bad, why) in [

@@ -4,6 +4,7 @@
 //! does is the chat service's (`chat::Chat`); nothing here touches Redis, MongoDB or the
 //! broker.
 
+mod calls;
 mod confirm;
 mod emit;
 mod moderation;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 
+pub use calls::run_call_sweeper;
 pub use confirm::{CONFIRMATIONS_GROUP, run_confirmations, run_sweeper};
 pub use emit::from_server as perform;
 use reply::Reply;
@@ -40,6 +42,7 @@ pub struct Gateway {
     pub cfg: Config,
     pub verifier: Verifier,
     pub chat: Chat,
+    pub calls: crate::calls::Calls,
     pub metrics: Arc<Metrics>,
     pub ice: crate::ice::IceProvider,
 }
@@ -76,12 +79,26 @@ pub async fn authenticate_webrtc<A: Adapter>(
     State(gw): State<Shared>,
 ) -> Result<(), ClientError> {
     let identity = verify_handshake(&s, auth.as_ref().ok(), &gw)?;
+    // The user's room reaches every socket of theirs on `/webrtc` (call notices,
+    // signals), wherever it is connected; the registration counts it as present in
+    // their calls.
+    s.join(keys::user_room(&identity.tenant_id, &identity.user_id));
+    if let Err(e) = gw
+        .calls
+        .socket_connected(&identity, &s.id.to_string())
+        .await
+    {
+        tracing::warn!(error = %e, "a /webrtc socket was not registered for call presence");
+        return Err(e.to_client());
+    }
     s.extensions.insert(identity);
     s.extensions.insert(Arc::new(ConnectionBudget::new(
         gw.cfg.limits.connection_events,
     )));
     s.on("call:ice-servers", on_ice_servers::<A>);
+    calls::register(&s);
     s.on_fallback(on_unknown::<A>);
+    s.on_disconnect(calls::on_disconnect::<A>);
     Ok(())
 }
 

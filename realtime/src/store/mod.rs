@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::model::{Content, Message};
 use crate::protocol::ChatRecord;
 
+pub mod recordings;
 mod rooms;
 pub use rooms::{LogEntry, MODERATION_LOG, RestrictionKind};
 

@@ -103,6 +103,46 @@ impl Store {
         Ok(found.map(|d| access_from_document(&d)))
     }
 
+    /// The participants of the tenant's conversation who are not banned now; `None` when
+    /// it does not exist (for this tenant).
+    pub async fn participants(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>> {
+        let found = self
+            .conversations()
+            .find_one(doc! {"tenant_id": tenant, "conversation_id": conversation})
+            .projection(doc! {"participants.user_id": 1, "bans": 1})
+            .await?;
+        let Some(d) = found else {
+            return Ok(None);
+        };
+        let users_of = |field: &str| -> Vec<(String, &Document)> {
+            d.get_array(field)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Bson::as_document)
+                        .filter_map(|e| Some((e.get_str("user_id").ok()?.to_owned(), e)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let banned: Vec<String> = users_of("bans")
+            .into_iter()
+            .filter(|(_, e)| restriction_from(Some(e)).is_some_and(|r| r.active(now_ms)))
+            .map(|(u, _)| u)
+            .collect();
+        Ok(Some(
+            users_of("participants")
+                .into_iter()
+                .map(|(u, _)| u)
+                .filter(|u| !banned.contains(u))
+                .collect(),
+        ))
+    }
+
     /// Bans or mutes `user` until `expires_at_ms` (forever when `None`), replacing an
     /// earlier restriction of the same kind.
     pub async fn restrict(&self, kind: RestrictionKind, entry: &LogEntry<'_>) -> Result<()> {
