@@ -67,8 +67,9 @@ pub struct RealtimeClusterSpec {
     /// Delivery confirmation timing.
     #[serde(default)]
     pub delivery: DeliverySpec,
-    /// Seconds every call participant has to consent before a recording is abandoned.
-    /// Not used yet: recording is not built, nothing reads this value.
+    /// Seconds every call member has to consent before a recording request is cancelled
+    /// (and a member who joins a running recording, before it stops). The data plane's
+    /// `RECORDING_CONSENT_TIMEOUT_SECONDS`.
     #[serde(default = "default_recording_consent_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub recording_consent_timeout_seconds: u32,
@@ -222,8 +223,8 @@ pub struct TopicNames {
     /// Persistence events.
     #[serde(default = "default_persistence_topic")]
     pub persistence_events: String,
-    /// Recording events. Not used yet: recording is not built; the name still counts
-    /// when the operator checks that installations sharing a broker use their own topics.
+    /// Recording events: every recording change and consent, JSON keyed
+    /// `tenantId:recordingId` (the data plane's `KAFKA_RECORDING_TOPIC`).
     #[serde(default = "default_recording_topic")]
     pub recording_events: String,
 }

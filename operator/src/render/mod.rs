@@ -64,6 +64,14 @@ pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
             "KAFKA_PERSISTENCE_TOPIC",
             s.kafka.topics.persistence_events.clone(),
         ),
+        (
+            "KAFKA_RECORDING_TOPIC",
+            s.kafka.topics.recording_events.clone(),
+        ),
+        (
+            "RECORDING_CONSENT_TIMEOUT_SECONDS",
+            s.recording_consent_timeout_seconds.to_string(),
+        ),
         ("KAFKA_TOPIC_PARTITIONS", s.kafka.partitions.to_string()),
         (
             "KAFKA_REPLICATION_FACTOR",
@@ -406,6 +414,8 @@ mod tests {
         assert_eq!(data["MESSAGE_PERSISTENCE_BATCH_SIZE"], "100");
         assert_eq!(data["PERSISTENCE_CONFIRMATION_TIMEOUT_MS"], "5000");
         assert_eq!(data["ROOM_STATE_TTL_HOURS"], "24");
+        assert_eq!(data["KAFKA_RECORDING_TOPIC"], "webrtc.recording.events");
+        assert_eq!(data["RECORDING_CONSENT_TIMEOUT_SECONDS"], "30");
         assert_eq!(data["ROOM_AUTHZ_CACHE_TTL"], "300");
         assert_eq!(data["JWT_ISSUER"], "iss");
         assert!(
