@@ -29,6 +29,8 @@ before(async () => {
     await h.seedConversation(db, tenant, c, ["alice", "bob", "carol"]);
   }
   await h.seedConversation(db, tenant, "pair", ["alice", "bob"]);
+  await h.seedConversation(db, tenant, "kick", ["alice", "bob", "carol"]);
+  await h.seedConversation(db, tenant, "alone", ["alice"]);
   await h.seedConversation(db, tenant, "carols", ["carol", "dave"]);
   // Same ids in another tenant: nothing may cross.
   await h.seedConversation(db, other, "one", ["alice", "bob"]);
@@ -147,6 +149,24 @@ test("refusals: payloads, strangers, unknown calls, oversize signals (connection
   const unknown = await send(alice, "call:teleport", {});
   assert.equal(unknown.error.code, "unknown_event");
   for (const sock of [alice, bob, carol, dave]) sock.close();
+});
+
+test("a participant kicked or banned from the conversation is taken out of its call; nobody calls themselves", async () => {
+  const alice = await rtc(gw1, tenant, "alice");
+  const bob = await rtc(gw2, tenant, "bob");
+  const carol = await rtc(gw2, tenant, "carol");
+  refused(await send(alice, "call:start", { conversationId: "alone", media: "audio" }), "conflict");
+  const callId = await inCall("kick", alice, [bob, carol]);
+  const chat = await h.connect(gw1, h.mintToken({ tenant, user: "alice" }));
+  ok(await chat.emitWithAck("room:join", { conversationId: "kick" }));
+  ok(await chat.emitWithAck("moderation:kick", { conversationId: "kick", userId: "bob" }));
+  assert.equal((await next(alice, "call:participant-left", { callId, pred: (p) => p.userId === "bob" })).userId, "bob");
+  assert.equal((await next(bob, "call:participant-left", { callId })).userId, "bob", "the kicked user hears it too");
+  refused(await send(bob, "call:signal", { callId, to: "alice", signal: { type: "offer", sdp: "x" } }), "forbidden");
+  ok(await chat.emitWithAck("moderation:ban", { conversationId: "kick", userId: "carol" }));
+  assert.equal((await next(alice, "call:ended", { callId })).reason, "hangup", "alone: the call ends");
+  refused(await send(carol, "call:accept", { callId }), "not_found");
+  for (const sock of [alice, bob, carol, chat]) sock.close();
 });
 
 test("a signal flood is rate_limited with a retry hint; the call goes on", async () => {

@@ -305,6 +305,15 @@ impl Calls {
                     format!("conversation {} does not exist", req.conversation_id),
                 )
             })?;
+        if !participants.iter().any(|p| *p != id.user_id) {
+            return Err(ClientError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "conversation {} has nobody else to call",
+                    req.conversation_id
+                ),
+            ));
+        }
         let index = keys::conversation_call(tenant, &req.conversation_id);
         for _ in 0..CAS_ATTEMPTS {
             let call_id = uuid::Uuid::now_v7().to_string();
@@ -373,6 +382,32 @@ impl Calls {
             return Ok((call.view(), fx.notices));
         }
         Err(internal(&Error::Contended("conversation call")))
+    }
+
+    /// Takes `user` out of the call going on in the conversation, if any (kicked or
+    /// banned from it); returns the notices.
+    pub async fn remove_from_conversation_call(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Vec<Notice>, ClientError> {
+        let call: Option<String> = redis::cmd("GET")
+            .arg(keys::conversation_call(tenant, conversation))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|e| internal(&e.into()))?;
+        let Some(call) = call else {
+            return Ok(Vec::new());
+        };
+        match self
+            .update(tenant, &call, |c, now| Ok(c.leave(user, now)))
+            .await
+        {
+            Ok((_, fx)) => Ok(fx.notices),
+            Err(e) if e.code == ErrorCode::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `call:signal`: the notice for the named member, if both are in the call.
@@ -566,7 +601,9 @@ impl Calls {
 
     // --- presence ---
 
-    /// Registers a `/webrtc` socket of the user on this gateway.
+    /// Registers a `/webrtc` socket of the user on this gateway (again: also when it
+    /// starts or joins a call, so a registration that expired on a long-lived socket is
+    /// back before its first presence check).
     pub async fn socket_connected(&self, id: &Identity, socket: &str) -> Result<()> {
         let key = keys::call_sockets(&id.tenant_id, &id.user_id);
         redis::pipe()
@@ -674,6 +711,7 @@ impl Calls {
                     .await
                     .map_err(|e| internal(&e))?;
                 if live > 0 {
+                    let sockets = keys::call_sockets(tenant, user);
                     // Still connected: check again one grace period on, and keep the
                     // call's state alive meanwhile.
                     let at = now_ms() + ms_duration(self.settings.leave_grace);
@@ -685,6 +723,8 @@ impl Calls {
                         .arg(due.member())
                         .ignore()
                         .pexpire(keys::call(tenant, call), ms_duration(CALL_TTL))
+                        .ignore()
+                        .pexpire(&sockets, ms_duration(CALL_TTL))
                         .ignore()
                         .query_async::<()>(&mut self.redis.clone())
                         .await

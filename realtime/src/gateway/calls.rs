@@ -67,6 +67,40 @@ async fn admitted<A: Adapter, R>(
     Ok((id, req))
 }
 
+/// Registers the socket for call presence (again) before its user joins a call.
+async fn register_socket<A: Adapter>(
+    gw: &Shared,
+    s: &SocketRef<A>,
+    id: &Identity,
+) -> Result<(), ClientError> {
+    gw.calls
+        .socket_connected(id, &s.id.to_string())
+        .await
+        .map_err(|e| e.to_client())
+}
+
+/// Takes a kicked or banned user out of the conversation's call, on every gateway.
+pub(super) async fn remove_from_call<A: Adapter>(
+    io: &SocketIo<A>,
+    gw: &Shared,
+    tenant: &str,
+    conversation: &str,
+    user: &str,
+) {
+    match gw
+        .calls
+        .remove_from_conversation_call(tenant, conversation, user)
+        .await
+    {
+        Ok(notices) => {
+            if let Some(ns) = io.of(WEBRTC_NAMESPACE) {
+                notify(|u| ns.clone().to(keys::user_room(tenant, &u)), notices).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "a removed participant was not taken out of the call"),
+    }
+}
+
 /// The call, once the caller's standing in its conversation is checked (a participant,
 /// not banned); returns their role too.
 async fn call_for(gw: &Shared, id: &Identity, call: &str) -> Result<(Call, Role), ClientError> {
@@ -84,6 +118,7 @@ async fn on_start<A: Adapter>(
     let result = async {
         let (id, req) = admitted(&s, &gw, EventClass::Other, data, StartRequest::parse).await?;
         gw.chat.member(&id, &req.conversation_id).await?;
+        register_socket(&gw, &s, &id).await?;
         let (ack, notices) = gw.calls.start(&id, &req).await?;
         notify_from(&s, &id, notices).await;
         Ok(ack)
@@ -104,6 +139,7 @@ async fn on_accept<A: Adapter>(
         })
         .await?;
         call_for(&gw, &id, &req.call_id).await?;
+        register_socket(&gw, &s, &id).await?;
         let timeouts = gw.calls.settings.timeouts;
         let (call, fx) = gw
             .calls

@@ -2,6 +2,7 @@
 //! decisions and records are the chat service's (`chat::moderation`).
 
 use serde_json::Value;
+use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 
@@ -29,6 +30,7 @@ pub(super) fn register<A: Adapter>(s: &SocketRef<A>) {
 
 async fn on_moderation<A: Adapter>(
     s: SocketRef<A>,
+    io: SocketIo<A>,
     Event(event): Event,
     TryData(data): TryData<Value>,
     reply: Reply<A>,
@@ -43,8 +45,13 @@ async fn on_moderation<A: Adapter>(
             .ok_or_else(|| ClientError::new(ErrorCode::UnknownEvent, event.clone()))?;
         let timed = matches!(action, Action::Ban | Action::Mute);
         let req = ModerationRequest::parse(&event, payload(data).as_ref(), timed)?;
+        let (conversation, target) = (req.conversation_id.clone(), req.user_id.clone());
         let answer = gw.chat.moderate(&actor, action, req).await?;
         emit::from_socket(&s, answer.emits).await?;
+        if matches!(action, Action::Kick | Action::Ban) {
+            super::calls::remove_from_call(&io, &gw, &actor.tenant_id, &conversation, &target)
+                .await;
+        }
         Ok(answer.reply)
     }
     .await;
