@@ -582,7 +582,7 @@ impl Calls {
                 "callId": call.id,
                 "conversationId": call.conversation,
                 "at": now,
-                "status": rec.status.as_str(),
+                "status": change.status.as_str(),
             });
             if let (Some(into), Some(extra)) = (event.as_object_mut(), change.extra.as_object()) {
                 into.extend(extra.clone());

@@ -137,6 +137,8 @@ pub struct Notice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordingChange {
     pub kind: &'static str,
+    /// The recording's status right after this change.
+    pub status: RecordingStatus,
     pub extra: Value,
 }
 
@@ -312,6 +314,7 @@ impl Call {
                 ));
                 fx.changes.push(RecordingChange {
                     kind: "recording.updated",
+                    status: rec.status,
                     extra: json!({"consentRequestedFrom": user, "deadline": deadline}),
                 });
             }
@@ -379,6 +382,7 @@ impl Call {
         {
             fx.changes.push(RecordingChange {
                 kind: "recording.updated",
+                status: rec.status,
                 extra: json!({"left": user}),
             });
             self.start_if_consented(now, &mut fx);
@@ -497,6 +501,7 @@ impl Call {
         };
         fx.changes.push(RecordingChange {
             kind: "recording.requested",
+            status: RecordingStatus::PendingConsent,
             extra: json!({"requestedBy": user, "consentDeadline": deadline,
                           "members": self.in_state(MemberState::Joined).collect::<Vec<_>>()}),
         });
@@ -534,6 +539,7 @@ impl Call {
         let mut fx = Effects::default();
         fx.changes.push(RecordingChange {
             kind: "recording.consent",
+            status: rec.status,
             extra: json!({"userId": user, "consent": consent}),
         });
         if let Some(rec) = self.recording.as_mut() {
@@ -617,6 +623,7 @@ impl Call {
         rec.started_at = Some(now);
         fx.changes.push(RecordingChange {
             kind: "recording.started",
+            status: rec.status,
             extra: json!({"startedAt": now}),
         });
         let started = json!({"recordingId": rec.id, "callId": self.id});
@@ -648,6 +655,7 @@ impl Call {
         rec.pending.clear();
         fx.changes.push(RecordingChange {
             kind,
+            status,
             extra: json!({"reason": reason}),
         });
         let payload = json!({"recordingId": rec.id, "callId": self.id, "reason": reason});
@@ -836,6 +844,12 @@ mod tests {
         assert_eq!(rec.started_at, Some(300));
         let kinds: Vec<_> = changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, ["recording.consent", "recording.started"]);
+        let statuses: Vec<_> = changes.iter().map(|c| c.status).collect();
+        assert_eq!(
+            statuses,
+            [RecordingStatus::PendingConsent, RecordingStatus::Recording],
+            "each change carries the status right after it"
+        );
         assert_eq!(c.consent_deadline(), None);
         let fx = c.stop_recording("b", "r1", 400).unwrap();
         assert_eq!(fx.notices[0].payload["reason"], "stopped");

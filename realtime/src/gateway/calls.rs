@@ -290,7 +290,16 @@ async fn on_recording<A: Adapter>(
     change: impl Fn(&mut Call, i64) -> Result<crate::calls::Effects, ClientError>,
 ) -> Result<Value, ClientError> {
     let call_id = gw.calls.call_of_recording(&id.tenant_id, recording).await?;
-    call_for(gw, id, &call_id).await?;
+    call_for(gw, id, &call_id).await.map_err(|e| {
+        if e.code == ErrorCode::NotFound {
+            ClientError::new(
+                ErrorCode::NotFound,
+                format!("recording {recording} is over: its call ended"),
+            )
+        } else {
+            e
+        }
+    })?;
     let (call, fx) = gw
         .calls
         .update(&id.tenant_id, &call_id, |c, now| change(c, now))
