@@ -31,6 +31,8 @@ install() {
   # coturn: `turnserver` processes are started by the tests themselves, on loopback
   # ports; the package's own service stays disabled (Debian ships it off).
   command -v turnserver >/dev/null && command -v turnutils_uclient >/dev/null || missing+=(coturn)
+  # Chromium: the headless browser of the call tests (WebRTC through coturn, e2e/lib/browser.mjs).
+  command -v chromium >/dev/null || missing+=(chromium)
   # Lua 5.1 (the dialect of Argo CD's gopher-lua) runs the Argo CD health checks in tests.
   command -v lua5.1 >/dev/null || missing+=(lua5.1)
   if [ "${#missing[@]}" -gt 0 ]; then
