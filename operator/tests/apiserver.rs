@@ -195,8 +195,11 @@ async fn kubectl_explain_and_get_are_useful() {
         ("mi.spec.keys", "Index keys"),
         // Fields the data plane does not use yet say so.
         ("rtc.spec.auth.jwksUrl", "Not supported yet"),
-        ("rtc.spec.recordingConsentTimeoutSeconds", "Not used yet"),
-        ("rtc.spec.kafka.topics.recordingEvents", "Not used yet"),
+        (
+            "rtc.spec.recordingConsentTimeoutSeconds",
+            "RECORDING_CONSENT_TIMEOUT_SECONDS",
+        ),
+        ("rtc.spec.kafka.topics.recordingEvents", "KAFKA_RECORDING_TOPIC"),
         (
             "rtc.spec.kafka.replicationFactor",
             "KAFKA_REPLICATION_FACTOR",
