@@ -301,18 +301,20 @@ test("recording needs everyone's consent: refused → cancelled, given → start
 
     // The broker, read with kafkajs: every change of each recording, in order, keyed tenant:recordingId.
     const ofRec = (records, r) => records.filter((x) => x.value.recordingId === r);
-    const records = await h.readTopic(recordingTopic, (rs) => ofRec(rs, rec1).length >= 3 && ofRec(rs, rec2).length >= 4, { timeoutMs: 30_000 });
+    const records = await h.readTopic(recordingTopic, (rs) => ofRec(rs, rec1).length >= 4 && ofRec(rs, rec2).length >= 5, { timeoutMs: 30_000 });
     const summary = (r) => {
       const { type, consent, userId, reason } = r.value;
       return { type, ...(consent !== undefined && { userId, consent }), ...(reason !== undefined && { reason }) };
     };
     assert.deepEqual(ofRec(records, rec1).map(summary), [
       { type: "recording.requested" },
+      { type: "recording.consent", userId: "alice", consent: true },
       { type: "recording.consent", userId: "bob", consent: false },
       { type: "recording.cancelled", reason: "declined" },
     ]);
     assert.deepEqual(ofRec(records, rec2).map(summary), [
       { type: "recording.requested" },
+      { type: "recording.consent", userId: "alice", consent: true },
       { type: "recording.consent", userId: "bob", consent: true },
       { type: "recording.started" },
       { type: "recording.stopped", reason: "stopped" },

@@ -38,7 +38,15 @@ after(async () => {
   await client?.close();
 });
 
-const stored = (recordingId) => db.collection("call_recordings").findOne({ tenant_id: tenant, recording_id: recordingId });
+/** The recording's document once it satisfies `pred` (it is written just after the change). */
+const stored = (recordingId, pred) =>
+  h.waitFor(
+    async () => {
+      const doc = await db.collection("call_recordings").findOne({ tenant_id: tenant, recording_id: recordingId });
+      return doc && pred(doc) ? doc : null;
+    },
+    { what: `call_recordings ${recordingId}` },
+  );
 
 /** The types of the broker events of one recording, in order, once `count` are there. */
 async function eventsOf(recordingId, count) {
@@ -51,6 +59,8 @@ async function eventsOf(recordingId, count) {
     assert.ok(r.value.callId && r.value.conversationId);
   }
   assert.equal(new Set(mine.map((r) => r.partition)).size, 1, "one partition: in order");
+  const versions = mine.map((r) => r.value.version);
+  assert.deepEqual(versions, [...versions].sort((a, b) => a - b), "in the order of the changes");
   return mine.map((r) => r.value);
 }
 
@@ -66,8 +76,7 @@ test("everyone consents → started; stop → stopped; every step stored and pub
     const ask = await next(sock, "recording:consent-request", { pred: (p) => p.recordingId === req.recordingId });
     assert.deepEqual(ask, { recordingId: req.recordingId, callId, requestedBy: "alice", deadline });
   }
-  let doc = await stored(req.recordingId);
-  assert.equal(doc.status, "pending_consent");
+  let doc = await stored(req.recordingId, (d) => d.status === "pending_consent");
   assert.deepEqual(doc.pending_consents.map((p) => p.user_id), ["bob"]);
   const consent = ok(await send(bob, "recording:consent", { recordingId: req.recordingId, consent: true }));
   assert.equal(consent.status, "recording");
@@ -79,8 +88,7 @@ test("everyone consents → started; stop → stopped; every step stored and pub
     const stopped = await next(sock, "recording:stopped", { callId });
     assert.deepEqual(stopped, { recordingId: req.recordingId, callId, reason: "stopped" });
   }
-  doc = await stored(req.recordingId);
-  assert.equal(doc.status, "stopped");
+  doc = await stored(req.recordingId, (d) => d.status === "stopped");
   assert.equal(doc.reason, "stopped");
   assert.equal(doc.call_id, callId);
   assert.equal(doc.conversation_id, "yes");
@@ -90,10 +98,12 @@ test("everyone consents → started; stop → stopped; every step stored and pub
   assert.equal(doc.consent_deadline.getTime(), deadline);
   assert.ok(doc.started_at <= doc.stopped_at);
   assert.ok(doc.created_at instanceof Date && doc.updated_at >= doc.created_at);
-  const events = await eventsOf(req.recordingId, 4);
-  assert.deepEqual(events.map((e) => e.type), ["recording.requested", "recording.consent", "recording.started", "recording.stopped"]);
-  assert.deepEqual([events[1].userId, events[1].consent], ["bob", true]);
-  assert.equal(events[3].reason, "stopped");
+  const events = await eventsOf(req.recordingId, 5);
+  assert.deepEqual(events.map((e) => e.type), [
+    "recording.requested", "recording.consent", "recording.consent", "recording.started", "recording.stopped",
+  ]);
+  assert.deepEqual(events.slice(1, 3).map((e) => [e.userId, e.consent]), [["alice", true], ["bob", true]], "every consent, the requester's too");
+  assert.equal(events[4].reason, "stopped");
   // Nothing more to stop, and another tenant cannot see it.
   refused(await send(alice, "recording:stop", { recordingId: req.recordingId }), "not_found");
   const stranger = await rtc(gw1, other, "alice");
@@ -116,12 +126,14 @@ test("a refusal cancels (declined); nobody is recorded", async () => {
     assert.deepEqual(await next(sock, "recording:cancelled", { callId }), { recordingId: req.recordingId, callId, reason: "declined" });
   }
   assert.equal(alice.received("recording:started").length, 0);
-  const doc = await stored(req.recordingId);
+  const doc = await stored(req.recordingId, (d) => d.status === "cancelled");
   assert.deepEqual([doc.status, doc.reason, doc.started_at], ["cancelled", "declined", null]);
   assert.deepEqual(doc.consents.map((c) => [c.user_id, c.consent]), [["alice", true], ["bob", true], ["carol", false]]);
-  const events = await eventsOf(req.recordingId, 4);
-  assert.deepEqual(events.map((e) => e.type), ["recording.requested", "recording.consent", "recording.consent", "recording.cancelled"]);
-  assert.equal(events[3].reason, "declined");
+  const events = await eventsOf(req.recordingId, 5);
+  assert.deepEqual(events.map((e) => e.type), [
+    "recording.requested", "recording.consent", "recording.consent", "recording.consent", "recording.cancelled",
+  ]);
+  assert.equal(events[4].reason, "declined");
   ok(await send(alice, "call:hangup", { callId, forEveryone: true }));
   for (const sock of [alice, bob, carol]) sock.close();
 });
@@ -135,10 +147,10 @@ test("the deadline cancels (timeout), enforced by the other gateway after the re
   const cancelled = await next(bob, "recording:cancelled", { callId, timeoutMs: 15_000 });
   assert.deepEqual(cancelled, { recordingId: req.recordingId, callId, reason: "timeout" });
   assert.ok(Date.now() >= req.consentDeadline - 50, "not before the deadline");
-  const doc = await stored(req.recordingId);
+  const doc = await stored(req.recordingId, (d) => d.status === "cancelled");
   assert.deepEqual([doc.status, doc.reason], ["cancelled", "timeout"]);
-  const events = await eventsOf(req.recordingId, 2);
-  assert.deepEqual(events.map((e) => e.type), ["recording.requested", "recording.cancelled"]);
+  const events = await eventsOf(req.recordingId, 3);
+  assert.deepEqual(events.map((e) => e.type), ["recording.requested", "recording.consent", "recording.cancelled"]);
   gw1 = await startGateway(gw1.port);
   ok(await send(bob, "call:hangup", { callId }));
   bob.close();
@@ -163,14 +175,14 @@ test("a member who joins a running recording must consent in time, or it stops (
     assert.equal(stopped.reason, "consent_withdrawn");
   }
   assert.ok(Date.now() >= ask.deadline - 50);
-  const doc = await stored(req.recordingId);
+  const doc = await stored(req.recordingId, (d) => d.status === "stopped");
   assert.deepEqual([doc.status, doc.reason], ["stopped", "consent_withdrawn"]);
   assert.ok(!doc.consents.some((c) => c.user_id === "carol"), "carol never consented");
-  const events = await eventsOf(req.recordingId, 5);
+  const events = await eventsOf(req.recordingId, 6);
   assert.deepEqual(events.map((e) => e.type), [
-    "recording.requested", "recording.consent", "recording.started", "recording.updated", "recording.stopped",
+    "recording.requested", "recording.consent", "recording.consent", "recording.started", "recording.updated", "recording.stopped",
   ]);
-  assert.equal(events[3].consentRequestedFrom, "carol");
+  assert.equal(events[4].consentRequestedFrom, "carol");
   ok(await send(alice, "call:hangup", { callId, forEveryone: true }));
   for (const sock of [alice, bob, carol]) sock.close();
 });
@@ -192,7 +204,7 @@ test("a later refusal stops a running recording; the end of the call stops it to
   assert.equal((await next(bob, "call:ended", { callId })).reason, "hangup");
   const stopped = await next(bob, "recording:stopped", { callId, pred: (p) => p.recordingId === second.recordingId });
   assert.equal(stopped.reason, "call_ended");
-  const doc = await stored(second.recordingId);
+  const doc = await stored(second.recordingId, (d) => d.status === "stopped");
   assert.deepEqual([doc.status, doc.reason], ["stopped", "call_ended"]);
   for (const sock of [alice, bob]) sock.close();
 });
@@ -210,7 +222,15 @@ test("refusals: not in the call, unknown recordings, bad payloads", async () => 
   const req = ok(await send(alice, "recording:request", { callId }));
   refused(await send(carol, "recording:consent", { recordingId: req.recordingId, consent: true }), "forbidden");
   refused(await send(carol, "recording:stop", { recordingId: req.recordingId }), "forbidden");
+  // Stopping a request nobody answered yet: recording:stopped (stopped), and it never ran.
+  ok(await send(alice, "recording:stop", { recordingId: req.recordingId }));
+  assert.deepEqual(await next(bob, "recording:stopped", { callId }), { recordingId: req.recordingId, callId, reason: "stopped" });
+  const doc = await stored(req.recordingId, (d) => d.status !== "pending_consent");
+  assert.deepEqual([doc.status, doc.reason, doc.started_at], ["cancelled", "stopped", null]);
+  // The end of the call cancels a pending request.
+  const again = ok(await send(alice, "recording:request", { callId }));
   ok(await send(alice, "call:hangup", { callId, forEveryone: true }));
-  assert.equal((await next(bob, "recording:cancelled", { callId })).reason, "call_ended");
+  const cancelled = await next(bob, "recording:cancelled", { callId });
+  assert.deepEqual(cancelled, { recordingId: again.recordingId, callId, reason: "call_ended" });
   for (const sock of [alice, bob, carol]) sock.close();
 });

@@ -18,6 +18,7 @@ const env = {
   CALL_LEAVE_GRACE_SECONDS: String(GRACE_S),
   KAFKA_RECORDING_TOPIC: `${s.topicPrefix}.webrtc.recording.events`,
   CONNECTION_EVENT_LIMITS: "read:20/200,join:50/500,other:50/200,signal:20/20",
+  CALL_MAX_MEMBERS: "3",
 };
 let gw1, gw2, db, client;
 
@@ -31,6 +32,7 @@ before(async () => {
   await h.seedConversation(db, tenant, "pair", ["alice", "bob"]);
   await h.seedConversation(db, tenant, "kick", ["alice", "bob", "carol"]);
   await h.seedConversation(db, tenant, "alone", ["alice"]);
+  await h.seedConversation(db, tenant, "crowd", ["alice", "bob", "carol", "dave"]);
   await h.seedConversation(db, tenant, "carols", ["carol", "dave"]);
   // Same ids in another tenant: nothing may cross.
   await h.seedConversation(db, other, "one", ["alice", "bob"]);
@@ -115,6 +117,8 @@ test("refusals: payloads, strangers, unknown calls, oversize signals (connection
   refused(await send(dave, "call:start", { conversationId: "refuse", media: "audio" }), "forbidden");
   refused(await send(alice, "call:start", { conversationId: "nowhere", media: "audio" }), "forbidden");
   refused(await send(alice, "call:accept", { callId: "no-such-call" }), "not_found");
+  const crowd = refused(await send(alice, "call:start", { conversationId: "crowd", media: "audio" }), "too_large");
+  assert.match(crowd.message, /CALL_MAX_MEMBERS/);
   refused(await send(alice, "call:accept", {}), "invalid_payload");
 
   const callId = await inCall("refuse", alice, [bob], "audio");

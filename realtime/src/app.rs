@@ -187,14 +187,14 @@ async fn start_gateway(
     let verifier =
         Verifier::from_config(&cfg.auth).context("JWT_SECRET is required for the gateway")?;
     let chat = Chat::new(cfg, redis, store, producer.clone(), metrics.clone());
-    let calls = crate::calls::Calls::new(
+    let calls = Arc::new(crate::calls::Calls::new(
         crate::calls::CallSettings::from_config(cfg),
         redis.clone(),
         store.clone(),
         producer.clone(),
         metrics.clone(),
         chat.rooms.gateway_id().to_owned(),
-    );
+    ));
     let gw = Arc::new(Gateway {
         verifier,
         chat,

@@ -426,10 +426,24 @@ pub struct CallsConfig {
     #[arg(long = "call-leave-grace-seconds", env = "CALL_LEAVE_GRACE_SECONDS", default_value = "20", value_parser = positive_seconds)]
     pub leave_grace: Duration,
 
+    /// Members of one call at most, joined and ringing: `call:start` in a larger
+    /// conversation, and an accept past it, are refused with `too_large`.
+    #[arg(long = "call-max-members", env = "CALL_MAX_MEMBERS", default_value = "50", value_parser = max_call_members)]
+    pub max_members: usize,
+
     /// Largest `call:signal` signal object (SDP or candidate), in bytes of JSON; a larger
     /// one is refused with `too_large`.
     #[arg(long = "max-signal-bytes", env = "MAX_SIGNAL_BYTES", default_value = "32768", value_parser = signal_bytes)]
     pub max_signal_bytes: usize,
+}
+
+/// `CALL_MAX_MEMBERS`: 2 to 1000.
+fn max_call_members(s: &str) -> Result<usize, String> {
+    let n = whole(s, "members")?;
+    if !(2..=1000).contains(&n) {
+        return Err(format!("{n} is not between 2 and 1000 members"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
 }
 
 /// `MAX_SIGNAL_BYTES`: 1 KiB to 1 MiB.

@@ -77,6 +77,17 @@ pub fn call_sockets(tenant: &str, user: &str) -> String {
     format!("rt:{tenant}:rtcsock:{user}")
 }
 
+/// Members of a call whose sockets are all gone: field user, value since when (ms).
+pub fn call_absent(tenant: &str, call: &str) -> String {
+    format!("rt:{tenant}:callabsent:{call}")
+}
+
+/// A recording's changes waiting to be written and published, oldest first (list of
+/// JSON entries; see `calls::outbox`).
+pub fn recording_outbox(tenant: &str, recording: &str) -> String {
+    format!("rt:{tenant}:recoutbox:{recording}")
+}
+
 /// The calls a user is in (set of call ids).
 pub fn user_calls(tenant: &str, user: &str) -> String {
     format!("rt:{tenant}:usercalls:{user}")
@@ -86,8 +97,13 @@ pub fn user_calls(tenant: &str, user: &str) -> String {
 /// set of `kind|tenant|call[|user]` scored by ms since the epoch.
 pub const CALL_DEADLINES: &str = "rt:#:calls:due";
 
-/// Calls going on, every tenant (`tenant|call`), for the `calls_active` gauge.
+/// Calls going on, every tenant: sorted set of `tenant|call` scored by when the call was
+/// last seen alive (a change or a member's presence check), for the `calls_active` gauge.
 pub const ACTIVE_CALLS: &str = "rt:#:calls:active";
+
+/// Recordings with changes waiting in their queue (`tenant|recording`), scored by when
+/// a gateway may take them (now, or when the lease of the gateway at it runs out).
+pub const RECORDING_OUTBOX: &str = "rt:#:recordings:outbox";
 
 /// Prefix of gateway liveness keys (`rt:#:gw:<gateway id>`), refreshed by a heartbeat.
 pub const GATEWAY_ALIVE_PREFIX: &str = "rt:#:gw:";
@@ -129,6 +145,8 @@ mod tests {
             recording_call("t", "r"),
             call_sockets("t", "u"),
             user_calls("t", "u"),
+            call_absent("t", "c"),
+            recording_outbox("t", "r"),
         ] {
             assert!(name.starts_with("rt:t:"), "{name}");
         }
@@ -142,6 +160,7 @@ mod tests {
             DELIVERY_SCHEDULE,
             CALL_DEADLINES,
             ACTIVE_CALLS,
+            RECORDING_OUTBOX,
         ] {
             assert!(global.starts_with("rt:#:"), "{global}");
         }

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub signals_relayed: Family<KindLabel, Counter>,
     pub recording_changes: Family<KindLabel, Counter>,
     pub recording_write_errors: Counter,
+    pub recording_outbox: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +133,7 @@ impl Default for Metrics {
             signals_relayed: Family::default(),
             recording_changes: Family::default(),
             recording_write_errors: Counter::default(),
+            recording_outbox: Gauge::default(),
         };
         registry.register(
             "calls_active",
@@ -165,8 +167,13 @@ impl Default for Metrics {
         );
         registry.register(
             "recording_write_errors",
-            "Recording metadata not written to MongoDB or not published (written with the next change)",
+            "Recording changes not yet written to MongoDB or published (each failed attempt; retried from the outbox)",
             m.recording_write_errors.clone(),
+        );
+        registry.register(
+            "recording_outbox",
+            "Recording changes waiting to be written and published, every gateway",
+            m.recording_outbox.clone(),
         );
         registry.register(
             "connected_sockets",

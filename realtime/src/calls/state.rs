@@ -132,6 +132,16 @@ pub struct Notice {
     pub payload: Value,
 }
 
+/// Every `type` of `webrtc.recording.events` the data plane publishes.
+pub const RECORDING_EVENT_TYPES: [&str; 6] = [
+    "recording.requested",
+    "recording.consent",
+    "recording.started",
+    "recording.cancelled",
+    "recording.stopped",
+    "recording.updated",
+];
+
 /// One change of a recording: its type on `webrtc.recording.events` and the event's
 /// fields beyond the common ones.
 #[derive(Debug, Clone, PartialEq)]
@@ -505,6 +515,11 @@ impl Call {
             extra: json!({"requestedBy": user, "consentDeadline": deadline,
                           "members": self.in_state(MemberState::Joined).collect::<Vec<_>>()}),
         });
+        fx.changes.push(RecordingChange {
+            kind: "recording.consent",
+            status: RecordingStatus::PendingConsent,
+            extra: json!({"userId": user, "consent": true}),
+        });
         self.recording = Some(rec);
         self.start_if_consented(now, &mut fx);
         Ok(self.settle(fx))
@@ -532,6 +547,15 @@ impl Call {
     ) -> Result<Effects, ClientError> {
         self.require_joined(user, "answering a consent request")?;
         let rec = self.live_recording(recording_id)?;
+        if rec
+            .pending
+            .get(user)
+            .is_some_and(|deadline| *deadline <= now)
+        {
+            // Too late, even if the server has not enforced the deadline yet: it counts
+            // as no consent.
+            return Ok(self.consent_timeout(now));
+        }
         let last = rec.consents.iter().rev().find(|c| c.user_id == user);
         if !rec.pending.contains_key(user) && last.is_some_and(|c| c.consent == consent) {
             return Ok(Effects::default());
@@ -636,18 +660,17 @@ impl Call {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
-        let (status, event, kind) = if rec.status == RecordingStatus::Recording {
-            (
-                RecordingStatus::Stopped,
-                "recording:stopped",
-                "recording.stopped",
-            )
+        let (status, kind) = if rec.status == RecordingStatus::Recording {
+            (RecordingStatus::Stopped, "recording.stopped")
         } else {
-            (
-                RecordingStatus::Cancelled,
-                "recording:cancelled",
-                "recording.cancelled",
-            )
+            (RecordingStatus::Cancelled, "recording.cancelled")
+        };
+        // `recording:stop` is answered with `recording:stopped` (SPEC.md §3) also before
+        // the recording started; its status says it never did.
+        let event = if status == RecordingStatus::Stopped || reason == "stopped" {
+            "recording:stopped"
+        } else {
+            "recording:cancelled"
         };
         rec.status = status;
         rec.stopped_at = Some(now);
@@ -821,6 +844,8 @@ mod tests {
         assert_eq!(rec.deadline, 10_100);
         assert_eq!(rec.consents.len(), 1, "the requester's consent is recorded");
         assert_eq!(changes[0].kind, "recording.requested");
+        assert_eq!(changes[1].kind, "recording.consent", "and published");
+        assert_eq!(changes[1].extra["userId"], "a");
         assert_eq!(
             c.request_recording("b", "r2".into(), 101, T)
                 .unwrap_err()
@@ -874,6 +899,13 @@ mod tests {
 
         c.request_recording("a", "r2".into(), 10, T).unwrap();
         assert_eq!(c.consent_timeout(10_009), Effects::default());
+        let mut late = c.clone();
+        let fx = late.consent("b", "r2", true, 10_010).unwrap();
+        assert_eq!(
+            fx.recording.unwrap().reason.as_deref(),
+            Some("timeout"),
+            "a consent past the deadline counts as none, enforced or not"
+        );
         let fx = c.consent_timeout(10_010);
         let rec = fx.recording.clone().unwrap();
         assert_eq!(rec.status, RecordingStatus::Cancelled);

@@ -42,7 +42,7 @@ pub struct Gateway {
     pub cfg: Config,
     pub verifier: Verifier,
     pub chat: Chat,
-    pub calls: crate::calls::Calls,
+    pub calls: Arc<crate::calls::Calls>,
     pub metrics: Arc<Metrics>,
     pub ice: crate::ice::IceProvider,
 }

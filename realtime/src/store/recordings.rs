@@ -7,7 +7,7 @@
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use super::Store;
-use crate::calls::state::{Call, Recording};
+use crate::calls::state::Recording;
 use crate::error::{Error, Result};
 
 pub const CALL_RECORDINGS: &str = "call_recordings";
@@ -22,7 +22,13 @@ fn maybe_at(ms: Option<i64>) -> Bson {
 }
 
 /// The fields of the document a recording owns, with its version.
-pub fn recording_fields(call: &Call, rec: &Recording, now: i64) -> Document {
+pub fn recording_fields(
+    tenant: &str,
+    call: &str,
+    conversation: &str,
+    rec: &Recording,
+    now: i64,
+) -> Document {
     let consents: Vec<Document> = rec
         .consents
         .iter()
@@ -34,10 +40,10 @@ pub fn recording_fields(call: &Call, rec: &Recording, now: i64) -> Document {
         .map(|(user, deadline)| doc! {"user_id": user, "deadline": at(*deadline)})
         .collect();
     doc! {
-        "tenant_id": &call.tenant,
+        "tenant_id": tenant,
         "recording_id": &rec.id,
-        "call_id": &call.id,
-        "conversation_id": &call.conversation,
+        "call_id": call,
+        "conversation_id": conversation,
         "requested_by": &rec.requested_by,
         "status": rec.status.as_str(),
         "reason": rec.reason.as_deref().map_or(Bson::Null, Bson::from),
@@ -60,6 +66,7 @@ impl Store {
             "recording_id": fields.get("recording_id").cloned().unwrap_or(Bson::Null),
             "version": {"$lt": fields.get("version").cloned().unwrap_or(Bson::Null)},
         };
+        let (filter_again, fields_again) = (filter.clone(), fields.clone());
         let reply = self
             .write(doc! {
                 "update": CALL_RECORDINGS,
@@ -68,15 +75,36 @@ impl Store {
             .await;
         match reply {
             Ok(reply) => match write_error_codes(&reply).as_slice() {
-                // No match and the upsert hit the unique recording_id: a newer version is
-                // stored.
-                [] | [DUPLICATE_KEY] => Ok(()),
+                [] => Ok(()),
+                // No match, and the upsert hit the unique recording_id: a newer version
+                // is stored — or another gateway inserted the first version a moment
+                // ago, which this (newer) one must still replace.
+                [DUPLICATE_KEY] => self.update_recording(filter_again, fields_again).await,
                 codes => Err(Error::MongoWrite(format!(
                     "{CALL_RECORDINGS} write refused with codes {codes:?}"
                 ))),
             },
-            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                self.update_recording(filter_again, fields_again).await
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The versioned update without the upsert: changes nothing when a newer version is
+    /// stored.
+    async fn update_recording(&self, filter: Document, fields: Document) -> Result<()> {
+        let reply = self
+            .write(doc! {
+                "update": CALL_RECORDINGS,
+                "updates": [{"q": filter, "u": {"$set": fields}}],
+            })
+            .await?;
+        match write_error_codes(&reply).as_slice() {
+            [] => Ok(()),
+            codes => Err(Error::MongoWrite(format!(
+                "{CALL_RECORDINGS} write refused with codes {codes:?}"
+            ))),
         }
     }
 
