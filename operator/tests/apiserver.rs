@@ -199,7 +199,10 @@ async fn kubectl_explain_and_get_are_useful() {
             "rtc.spec.recordingConsentTimeoutSeconds",
             "RECORDING_CONSENT_TIMEOUT_SECONDS",
         ),
-        ("rtc.spec.kafka.topics.recordingEvents", "KAFKA_RECORDING_TOPIC"),
+        (
+            "rtc.spec.kafka.topics.recordingEvents",
+            "KAFKA_RECORDING_TOPIC",
+        ),
         (
             "rtc.spec.kafka.replicationFactor",
             "KAFKA_REPLICATION_FACTOR",
