@@ -970,6 +970,26 @@ mod tests {
     }
 
     #[test]
+    fn stopping_a_request_nobody_answered_is_answered_stopped_and_stored_cancelled() {
+        let mut c = call(&["a", "b"]);
+        c.accept("b", 1, T);
+        c.request_recording("a", "r".into(), 2, T).unwrap();
+        let fx = c.stop_recording("b", "r", 3).unwrap();
+        assert_eq!(
+            events(&fx),
+            ev(&[("a", "recording:stopped"), ("b", "recording:stopped")])
+        );
+        assert_eq!(fx.notices[0].payload["reason"], "stopped");
+        let rec = fx.recording.unwrap();
+        assert_eq!(
+            (rec.status, rec.started_at),
+            (RecordingStatus::Cancelled, None),
+            "it never ran"
+        );
+        assert_eq!(fx.changes[0].kind, "recording.cancelled");
+    }
+
+    #[test]
     fn only_members_act() {
         let mut c = call(&["a", "b"]);
         assert_eq!(
