@@ -66,6 +66,23 @@ async fn publish<A: Adapter>(io: &SocketIo<A>, gw: &Shared, tenant: &str, up: Up
     gw.calls.deliver_later(up.outbox);
 }
 
+/// Acks a stored change, then publishes it (the caller hears first, then the others);
+/// or acks the refusal.
+async fn answer<A: Adapter>(
+    reply: Reply<A>,
+    io: &SocketIo<A>,
+    gw: &Shared,
+    result: Result<(Value, Identity, Updated), ClientError>,
+) {
+    match result {
+        Ok((ack, id, up)) => {
+            reply.ok(&ack);
+            publish(io, gw, &id.tenant_id, up).await;
+        }
+        Err(e) => reply.err(&e),
+    }
+}
+
 /// Admits an event of `class`, parses its payload.
 async fn admitted<A: Adapter, R>(
     s: &SocketRef<A>,
@@ -114,13 +131,7 @@ async fn on_start<A: Adapter>(
         Ok((ack, id, up))
     }
     .await;
-    match result {
-        Ok((ack, id, up)) => {
-            reply.ok(&ack);
-            publish(&io, &gw, &id.tenant_id, up).await;
-        }
-        Err(e) => reply.err(&e),
-    }
+    answer(reply, &io, &gw, result).await;
 }
 
 /// `call:accept`, `call:decline`, `recording:request`: an event on `{callId}` by a
@@ -175,13 +186,7 @@ async fn on_call<A: Adapter>(
         Ok((ack, id, up))
     }
     .await;
-    match result {
-        Ok((ack, id, up)) => {
-            reply.ok(&ack);
-            publish(&io, &gw, &id.tenant_id, up).await;
-        }
-        Err(e) => reply.err(&e),
-    }
+    answer(reply, &io, &gw, result).await;
 }
 
 async fn on_hangup<A: Adapter>(
@@ -229,13 +234,7 @@ async fn on_hangup<A: Adapter>(
         Ok((ack, id, up))
     }
     .await;
-    match result {
-        Ok((ack, id, up)) => {
-            reply.ok(&ack);
-            publish(&io, &gw, &id.tenant_id, up).await;
-        }
-        Err(e) => reply.err(&e),
-    }
+    answer(reply, &io, &gw, result).await;
 }
 
 async fn on_signal<A: Adapter>(
@@ -323,13 +322,7 @@ async fn on_recording<A: Adapter>(
         Ok((ack, id, up))
     }
     .await;
-    match result {
-        Ok((ack, id, up)) => {
-            reply.ok(&ack);
-            publish(&io, &gw, &id.tenant_id, up).await;
-        }
-        Err(e) => reply.err(&e),
-    }
+    answer(reply, &io, &gw, result).await;
 }
 
 /// Takes a kicked or banned user out of the conversation's call, on every gateway.
