@@ -49,8 +49,6 @@ pub mod condition {
     pub const REASON_RECONCILED: &str = "Reconciled";
     /// Another RealtimeCluster, older, uses the same topics on the same broker.
     pub const REASON_TOPIC_CONFLICT: &str = "TopicConflict";
-    /// The spec asks for something the operator cannot do yet (e.g. JWKS).
-    pub const REASON_UNSUPPORTED: &str = "Unsupported";
 
     /// TurnPool: no managed coturn pod has an address yet.
     pub const REASON_NO_SERVERS: &str = "NoServers";

@@ -1,4 +1,5 @@
-//! RealtimeCluster: one data-plane installation (gateway, persister, their config).
+//! RealtimeCluster: one data-plane installation (gateway, persister, admin API, their
+//! config).
 //!
 //! Longer than most files on purpose: the doc comments of the fields are the CRD's
 //! documentation (`kubectl explain`), and the CEL rules sit with the fields they check.
@@ -13,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{LocalRef, SecretKeyRef};
 
-/// A data-plane installation: Socket.IO gateways, persistence workers, their rendered
-/// configuration, Services and a PodDisruptionBudget, plus the default Kafka topics and
-/// MongoDB indexes.
+/// A data-plane installation: Socket.IO gateways, persistence workers, the admin REST API,
+/// their rendered configuration, Services and a PodDisruptionBudget, plus the default Kafka
+/// topics and MongoDB indexes.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "realtime.dev",
@@ -24,7 +25,7 @@ use super::{LocalRef, SecretKeyRef};
     namespaced,
     shortname = "rtc",
     status = "RealtimeClusterStatus",
-    validation = Rule::new("has(self.spec.auth.jwtSecretRef)").message("spec.auth.jwtSecretRef is required: JWKS (spec.auth.jwksUrl) is not supported yet"),
+    validation = Rule::new("has(self.spec.auth.jwtSecretRef) || has(self.spec.auth.jwksUrl)").message("spec.auth needs jwtSecretRef (HS256 secret) or jwksUrl (RS256/ES256 keys), or both"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Gateways","type":"string","jsonPath":".status.gateway.summary"}"#,
     printcolumn = r#"{"name":"Persisters","type":"string","jsonPath":".status.persister.summary"}"#,
@@ -42,6 +43,9 @@ pub struct RealtimeClusterSpec {
     /// The persistence workers (Kafka → MongoDB).
     #[serde(default)]
     pub persister: PersisterSpec,
+    /// The admin REST API (`/v1/admin`: recordings, GDPR export and erasure).
+    #[serde(default)]
+    pub admin: AdminSpec,
     /// The Kafka cluster and topic names.
     pub kafka: KafkaSpec,
     /// The MongoDB deployment.
@@ -184,6 +188,32 @@ impl Default for PersisterSpec {
     }
 }
 
+/// The admin REST API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// Number of admin API pods (served by the `<name>-admin` Service).
+    #[serde(default = "default_admin_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// CPU and memory of each admin API container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_admin_replicas() -> i32 {
+    1
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_admin_replicas(),
+            resources: None,
+        }
+    }
+}
+
 /// The Kafka cluster.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -273,18 +303,19 @@ pub struct RedisSpec {
     pub url_secret_ref: SecretKeyRef,
 }
 
-/// Token verification: an HS256 secret (required for now; JWKS is not supported yet),
-/// with issuer and audience.
+/// Token verification: an HS256 secret, a JWKS document (RS256/ES256), or both, with
+/// issuer and audience. A cluster with neither is refused (or, on servers that ignore CEL
+/// rules, reported `Stalled` with reason `InvalidSpec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Secret key holding the HS256 signing secret. Required until JWKS is supported.
+    /// Secret key holding the HS256 signing secret (the data plane's `JWT_SECRET`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_ref: Option<SecretKeyRef>,
-    /// URL of a JWKS document (RS256/ES256 tokens) instead of a shared secret. Not
-    /// supported yet: a cluster without `jwtSecretRef` is refused (or, on servers that
-    /// ignore CEL rules, reported `Stalled` with reason `Unsupported`).
+    /// URL of a JWKS document whose keys verify RS256/ES256 tokens (the data plane's
+    /// `JWT_JWKS_URL`), instead of or besides `jwtSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub jwks_url: Option<String>,
     /// Expected `iss` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,6 +413,9 @@ pub struct RealtimeClusterStatus {
     /// Persister replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persister: Option<ComponentStatus>,
+    /// Admin API replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<ComponentStatus>,
     /// Checksum of the rendered configuration and referenced Secrets in the pod templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_checksum: Option<String>,
@@ -393,7 +427,7 @@ pub struct RealtimeClusterStatus {
 pub struct Endpoints {
     /// Socket.IO URL inside the cluster (namespace `/chat`).
     pub websocket_url: String,
-    /// Admin API URL inside the cluster. Omitted: no component serves the admin API yet.
+    /// Admin REST API URL inside the cluster (the `<name>-admin` Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_url: Option<String>,
 }

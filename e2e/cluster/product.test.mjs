@@ -2,7 +2,8 @@
 // really runs pods (scripts/kube.sh + scripts/node.sh, images from scripts/images.sh):
 // `helm install` → `kubectl apply -f examples/` → the RealtimeCluster Ready because its
 // pods are (no status is patched here) → the official socket.io-client, from the host,
-// chats through the gateway Service → ICE servers from the gateway, and coturn's own
+// chats through the gateway Service → the admin API answers through its Service with an
+// admin token → ICE servers from the gateway, and coturn's own
 // turnutils_uclient relays through the managed coturn pod with them → a spec change rolls
 // the gateways and a gateway pod is killed while a sender keeps sending: every acked
 // message is stored exactly once and the receiver recovers what it missed → uninstalling
@@ -108,7 +109,7 @@ test("helm install and kubectl apply -f examples/ give a Ready installation whos
   const rc = JSON.parse(kubectl("-n", NS, "get", "rtc", "chat", "-o", "json"));
   assert.equal(rc.status.gateway.readyReplicas, rc.spec.gateway.replicas);
   const pods = JSON.parse(kubectl("-n", NS, "get", "pods", "-l", "app.kubernetes.io/instance=chat", "-o", "json")).items;
-  assert.equal(pods.filter((p) => p.status.phase === "Running").length, rc.spec.gateway.replicas + rc.spec.persister.replicas);
+  assert.equal(pods.filter((p) => p.status.phase === "Running").length, rc.spec.gateway.replicas + rc.spec.persister.replicas + rc.spec.admin.replicas);
   // Seed a conversation and mint tokens with the tool shipped in the data-plane image.
   const out = kubectl("-n", NS, "exec", "deploy/chat-gateway", "--", "realtime-dev", "seed", "--tenant", TENANT,
     "--conversation", CONVERSATION, "--users", "alice,bob");
@@ -230,6 +231,24 @@ test("a tenant chats through the gateway Service: ack, message:new, message:pers
   assert.equal((await persisted).messageId, ack.messageId);
   alice.close();
   bob.close();
+});
+
+test("the admin API runs in its own Deployment and answers through its Service", async () => {
+  kubectl("-n", NS, "wait", "--for=condition=Available", "deploy/chat-admin", "--timeout=120s");
+  const rc = JSON.parse(kubectl("-n", NS, "get", "rtc", "chat", "-o", "json"));
+  assert.equal(rc.status.admin.readyReplicas, rc.spec.admin.replicas);
+  const ip = kubectl("-n", NS, "get", "svc", "chat-admin", "-o", "jsonpath={.spec.clusterIP}");
+  const port = kubectl("-n", NS, "get", "svc", "chat-admin", "-o", "jsonpath={.spec.ports[0].port}");
+  assert.equal(rc.status.endpoints.adminUrl, `http://chat-admin.${NS}.svc:${port}/v1/admin`);
+  const adminUrl = `http://${ip}:${port}/v1/admin`;
+  // A token whose roles include admin, minted in the admin pod with its own JWT settings.
+  const token = kubectl("-n", NS, "exec", "deploy/chat-admin", "--", "realtime-dev", "token", "--tenant", TENANT, "--user", "ops", "--roles", "admin");
+  const res = await fetch(`${adminUrl}/openapi.json`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(res.status, 200, await res.clone().text());
+  assert.match((await res.json()).openapi, /^3\.1/);
+  assert.equal((await fetch(`${adminUrl}/recordings`)).status, 401, "no token");
+  const member = await fetch(`${adminUrl}/recordings`, { headers: { authorization: `Bearer ${tokens.alice}` } });
+  assert.equal(member.status, 403, "a token without the admin role");
 });
 
 test("ICE servers from the gateway relay through the managed coturn pod (turnutils_uclient)", async () => {

@@ -67,6 +67,63 @@ export async function redisCommand(db, ...args) {
   });
 }
 
+/** Parses one RESP2 reply from `buf` at `at`: `[value, next]`, or undefined while incomplete. */
+function parseResp(buf, at = 0) {
+  const eol = buf.indexOf("\r\n", at);
+  if (eol < 0) return undefined;
+  const head = buf.toString("utf8", at, eol);
+  const rest = eol + 2;
+  switch (head[0]) {
+    case "+":
+    case ":":
+      return [head[0] === ":" ? Number(head.slice(1)) : head.slice(1), rest];
+    case "-":
+      return [new Error(`redis: ${head.slice(1)}`), rest];
+    case "$": {
+      const n = Number(head.slice(1));
+      if (n < 0) return [null, rest];
+      if (buf.length < rest + n + 2) return undefined;
+      return [buf.toString("utf8", rest, rest + n), rest + n + 2];
+    }
+    case "*": {
+      const n = Number(head.slice(1));
+      const items = [];
+      let next = rest;
+      for (let i = 0; i < n; i += 1) {
+        const item = parseResp(buf, next);
+        if (!item) return undefined;
+        items.push(item[0]);
+        next = item[1];
+      }
+      return [n < 0 ? null : items, next];
+    }
+    default:
+      throw new Error(`redis: unexpected reply ${head}`);
+  }
+}
+
+/** Runs one command on the stack's Redis (database `db`) and resolves with its whole reply (arrays, bulk strings, numbers). */
+export async function redisQuery(db, ...args) {
+  const u = new URL(stackEnv().REDIS_URL);
+  const encode = (parts) => `*${parts.length}\r\n` + parts.map((p) => `$${Buffer.byteLength(String(p))}\r\n${p}\r\n`).join("");
+  return new Promise((ok, fail) => {
+    const sock = tcpConnect(Number(u.port), u.hostname);
+    let buf = Buffer.alloc(0);
+    sock.on("error", fail);
+    sock.on("data", (d) => {
+      buf = Buffer.concat([buf, d]);
+      const selected = parseResp(buf);
+      if (!selected) return;
+      const reply = parseResp(buf, selected[1]);
+      if (!reply) return;
+      sock.end();
+      if (reply[0] instanceof Error) fail(reply[0]);
+      else ok(reply[0]);
+    });
+    sock.write(encode(["SELECT", db]) + encode(args));
+  });
+}
+
 export async function freePort() {
   return new Promise((ok, fail) => {
     const srv = createServer();

@@ -61,6 +61,7 @@ async fn crds_install_and_refuse_nonsense_at_apply_time() {
     // Defaults from the schema are applied by the server.
     assert_eq!(created.spec.gateway.replicas, 2);
     assert_eq!(created.spec.persister.batch_size, 100);
+    assert_eq!(created.spec.admin.replicas, 1);
     assert_eq!(created.spec.kafka.topics.messages, "chat.messages");
     api.delete(&name, &DeleteParams::default()).await.unwrap();
 
@@ -193,8 +194,8 @@ async fn kubectl_explain_and_get_are_useful() {
         ("turn.spec.healthCheck", "Health checks of every server"),
         ("kt.spec.partitions", "can grow, never shrink"),
         ("mi.spec.keys", "Index keys"),
-        // Fields the data plane does not use yet say so.
-        ("rtc.spec.auth.jwksUrl", "Not supported yet"),
+        ("rtc.spec.auth.jwksUrl", "JWT_JWKS_URL"),
+        ("rtc.spec.admin.replicas", "Number of admin API pods"),
         (
             "rtc.spec.recordingConsentTimeoutSeconds",
             "RECORDING_CONSENT_TIMEOUT_SECONDS",

@@ -197,6 +197,7 @@ async fn the_statuses_the_operator_writes_have_the_health_they_should() {
     .await;
     finish_rollout(&env, "chat", "gateway").await;
     finish_rollout(&env, "chat", "persister").await;
+    finish_rollout(&env, "chat", "admin").await;
     wait_reason::<RealtimeCluster>(&env, "chat", "Ready", "True", "Available").await;
     check::<RealtimeCluster>(&env, "chat", "healthy", "Healthy", "ready").await;
 

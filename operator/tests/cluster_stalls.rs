@@ -1,6 +1,7 @@
 //! RealtimeClusters the operator must not run, on the local kube-apiserver: installations
 //! that would share Kafka topics on one broker (the older one runs, the other stops and
-//! recovers when the conflict goes), and a JWKS-only cluster (not supported yet).
+//! recovers when the conflict goes), and a cluster that verifies no token (neither
+//! `jwtSecretRef` nor `jwksUrl`).
 // Test helpers may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,6 +10,7 @@ mod common;
 use common::cluster::{condition, wait_condition, wait_event};
 use common::{Env, eventually, minimal_cluster};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use realtime_operator::crd::RealtimeCluster;
 use serde_json::json;
@@ -84,7 +86,8 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
     assert_eq!(reason, "TopicConflict");
     eventually("gamma scaled to 0", 30, || async {
         (replicas(&env, "gamma-gateway").await == Some(0)
-            && replicas(&env, "gamma-persister").await == Some(0))
+            && replicas(&env, "gamma-persister").await == Some(0)
+            && replicas(&env, "gamma-admin").await == Some(0))
         .then_some(())
     })
     .await;
@@ -160,14 +163,13 @@ async fn clusters_sharing_topics_on_one_broker_do_not_both_run() {
 }
 
 #[tokio::test]
-async fn a_jwks_only_cluster_is_refused_or_stalled() {
+async fn a_cluster_that_verifies_no_token_is_refused_or_stalled_and_jwks_alone_runs() {
+    const JWKS: &str = "https://id.example/.well-known/jwks.json";
     let env = Env::start("rtc-jwks").await;
-    env.secret_keys("s", &[("mongo", "mongodb://m"), ("redis", "redis://r")])
-        .await;
+    env.minimal_cluster_secret().await;
     let clusters = env.api::<RealtimeCluster>();
     let mut rc = minimal_cluster("jwks");
     rc.spec.auth.jwt_secret_ref = None;
-    rc.spec.auth.jwks_url = Some("https://id.example/.well-known/jwks.json".into());
     let created = clusters.create(&PostParams::default(), &rc).await;
     // Servers from 1.25 on apply the CRD's CEL rule; older ones (the local 1.20) ignore
     // it, and the operator's Stalled condition is the guard.
@@ -175,47 +177,56 @@ async fn a_jwks_only_cluster_is_refused_or_stalled() {
     let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap();
     if version.major == "1" && minor >= 25 {
         let err = created.unwrap_err().to_string();
-        assert!(err.contains("jwtSecretRef is required"), "{err}");
-        env.stop().await;
-        return;
-    }
-    created.unwrap();
-    let (reason, message) = wait_condition(&clusters, "jwks", "Stalled", "True").await;
-    assert_eq!(reason, "Unsupported");
-    assert!(
-        message.contains("jwksUrl is not supported yet")
-            && message.contains("spec.auth.jwtSecretRef"),
-        "{message}"
-    );
-    assert_eq!(
-        condition(&clusters, "jwks", "Ready").await.unwrap().1,
-        "Unsupported"
-    );
-    wait_event(&env, "Unsupported", "Warning", "jwksUrl").await;
-    assert!(
-        env.api::<Deployment>()
-            .get_opt("jwks-gateway")
+        assert!(err.contains("jwtSecretRef or jwksUrl"), "{err}");
+        rc.spec.auth.jwks_url = Some(JWKS.into());
+        clusters.create(&PostParams::default(), &rc).await.unwrap();
+    } else {
+        created.unwrap();
+        let (reason, message) = wait_condition(&clusters, "jwks", "Stalled", "True").await;
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains("spec.auth.jwtSecretRef") && message.contains("spec.auth.jwksUrl"),
+            "{message}"
+        );
+        assert_eq!(
+            condition(&clusters, "jwks", "Ready").await.unwrap().1,
+            "InvalidSpec"
+        );
+        wait_event(&env, "InvalidSpec", "Warning", "jwksUrl").await;
+        assert!(
+            env.api::<Deployment>()
+                .get_opt("jwks-gateway")
+                .await
+                .unwrap()
+                .is_none(),
+            "no data plane that could verify no token"
+        );
+        clusters
+            .patch(
+                "jwks",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"auth": {"jwksUrl": JWKS}}})),
+            )
             .await
-            .unwrap()
-            .is_none(),
-        "no gateway that would exit without JWT_SECRET"
-    );
-    // With a secret it runs.
-    env.minimal_cluster_secret().await;
-    clusters
-        .patch(
-            "jwks",
-            &PatchParams::default(),
-            &Patch::Merge(
-                &json!({"spec": {"auth": {"jwtSecretRef": {"name": "s", "key": "jwt"}}}}),
-            ),
-        )
-        .await
-        .unwrap();
+            .unwrap();
+    }
+    // With a JWKS URL and no secret it runs: every component is told where the keys are.
     wait_condition(&clusters, "jwks", "Stalled", "False").await;
-    eventually("the gateway", 30, || async {
-        replicas(&env, "jwks-gateway").await
-    })
-    .await;
+    for name in ["jwks-gateway", "jwks-admin"] {
+        let d = eventually(name, 60, || async {
+            env.api::<Deployment>().get_opt(name).await.unwrap()
+        })
+        .await;
+        let env_vars = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert!(
+            !env_vars.iter().any(|e| e.name == "JWT_SECRET"),
+            "{name}: {env_vars:?}"
+        );
+    }
+    let config = env.api::<ConfigMap>().get("jwks-config").await.unwrap();
+    assert_eq!(config.data.unwrap()["JWT_JWKS_URL"], JWKS);
     env.stop().await;
 }

@@ -160,6 +160,7 @@ async fn a_cluster_owns_its_topics_and_indexes_and_is_ready_only_with_them() {
 
     finish_rollout(&env, "own", "gateway").await;
     finish_rollout(&env, "own", "persister").await;
+    finish_rollout(&env, "own", "admin").await;
     wait_condition(&clusters, "own", "Ready", "True").await;
 
     // A change the topics refuse (fewer partitions): the cluster is not Ready and says
@@ -200,8 +201,9 @@ async fn a_cluster_owns_its_topics_and_indexes_and_is_ready_only_with_them() {
         "Ready again once the topics are and the pods rolled",
         60,
         || async {
-            mark_pods_ready(&env, "own", "gateway").await;
-            mark_pods_ready(&env, "own", "persister").await;
+            for component in ["gateway", "persister", "admin"] {
+                mark_pods_ready(&env, "own", component).await;
+            }
             let (status, _, _) = condition(&clusters, "own", "Ready").await?;
             (status == "True").then_some(())
         },

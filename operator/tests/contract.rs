@@ -53,7 +53,8 @@ fn example() -> RealtimeCluster {
 fn every_rendered_variable_is_a_flag_of_the_data_plane() {
     let help = Command::new(realtime_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    let rc = example();
+    let mut rc = example();
+    rc.spec.auth.jwks_url = Some("https://id.example/jwks.json".into());
     let mut names: Vec<String> = render::config_data(&rc).into_keys().collect();
     names.extend(
         render::secret_env(&rc)
@@ -65,6 +66,14 @@ fn every_rendered_variable_is_a_flag_of_the_data_plane() {
         assert!(
             help.contains(&format!("[env: {name}")),
             "the data plane has no flag for {name}"
+        );
+    }
+    // Every Deployment's ROLE is a role of the data plane.
+    for component in render::Component::ALL {
+        assert!(
+            help.contains(&format!("- {}:", component.role())),
+            "the data plane has no role {}",
+            component.role()
         );
     }
 }

@@ -174,6 +174,7 @@ fn contract_field_names_exist() {
         "image",
         "gateway",
         "persister",
+        "admin",
         "kafka",
         "mongodb",
         "redis",

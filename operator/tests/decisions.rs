@@ -284,13 +284,59 @@ async fn a_child_no_longer_wanted_is_deleted_and_announced() {
         "/configmaps/rc-config",
         "/deployments/rc-gateway",
         "/deployments/rc-persister",
+        "/deployments/rc-admin",
         "/services/rc-gateway",
+        "/services/rc-admin",
     ] {
         assert!(
             calls.iter().any(|c| c.is("PATCH", child)),
             "{child} applied: {calls:#?}"
         );
     }
+    // The admin API: its role, its Service selecting its pods, its URL and replicas in
+    // status, and the cluster's Ready waiting for it too.
+    let applied = |path: &str| {
+        calls
+            .iter()
+            .find(|c| c.is("PATCH", path))
+            .unwrap()
+            .body
+            .clone()
+    };
+    let admin = applied("/deployments/rc-admin");
+    let env = &admin["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "ROLE" && e["value"] == "admin"),
+        "{env}"
+    );
+    let service = applied("/services/rc-admin");
+    assert_eq!(
+        service["spec"]["selector"],
+        admin["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], 3000);
+    let status = &applied("/realtimeclusters/rc/status")["status"];
+    assert_eq!(
+        status["endpoints"]["adminUrl"],
+        "http://rc-admin.ns.svc:3000/v1/admin"
+    );
+    assert_eq!(status["admin"]["summary"], "0/1");
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin: not created yet"),
+        "{ready}"
+    );
 }
 
 #[tokio::test]

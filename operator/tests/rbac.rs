@@ -185,9 +185,18 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
         })
         .await;
     }
-    eventually("the persister Deployment", 60, || async {
-        Api::<Deployment>::namespaced(admin.clone(), &ns)
-            .get_opt("chat-persister")
+    for name in ["chat-persister", "chat-admin"] {
+        eventually(&format!("the Deployment {name}"), 60, || async {
+            Api::<Deployment>::namespaced(admin.clone(), &ns)
+                .get_opt(name)
+                .await
+                .unwrap()
+        })
+        .await;
+    }
+    eventually("the admin API's Service", 60, || async {
+        Api::<Service>::namespaced(admin.clone(), &ns)
+            .get_opt("chat-admin")
             .await
             .unwrap()
     })

@@ -129,7 +129,7 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
 
     // Every child exists and is owned by the cluster.
     let deployments = env.api::<Deployment>();
-    for name in ["chat-gateway", "chat-persister"] {
+    for name in ["chat-gateway", "chat-persister", "chat-admin"] {
         let d = eventually(&format!("Deployment {name}"), 30, || async {
             deployments.get_opt(name).await.unwrap()
         })
@@ -192,6 +192,26 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
             "{var} in {env_names:?}"
         );
     }
+    // The admin API: its own Deployment (ROLE=admin, the same configuration) behind a
+    // ClusterIP Service on the pods' port.
+    let admin = deployments.get("chat-admin").await.unwrap().spec.unwrap();
+    let container = &admin.template.spec.as_ref().unwrap().containers[0];
+    assert!(
+        container
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "ROLE" && e.value.as_deref() == Some("admin"))
+    );
+    let admin_service = eventually("the admin Service", 30, || async {
+        env.api::<Service>().get_opt("chat-admin").await.unwrap()
+    })
+    .await;
+    assert_eq!(admin_service.owner_references()[0].uid, uid);
+    let admin_service = admin_service.spec.unwrap();
+    assert_eq!(admin_service.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(admin_service.selector, admin.selector.match_labels);
+    assert_eq!(admin_service.ports.unwrap()[0].port, 3000);
 
     // No kubelet: nothing is ready, the cluster says it is still reconciling.
     let (reason, message) = wait_condition(&clusters, "chat", "Ready", "False").await;
@@ -213,30 +233,29 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
             .websocket_url
             .ends_with(&format!("chat-gateway.{}.svc:80/chat", env.ns))
     );
-    // Nothing serves an admin API yet: no URL is advertised for it.
-    assert_eq!(endpoints.admin_url, None);
-    let raw = serde_json::to_value(clusters.get("chat").await.unwrap()).unwrap();
-    assert!(
-        raw["status"]["endpoints"].get("adminUrl").is_none(),
-        "{raw}"
+    assert_eq!(
+        endpoints.admin_url,
+        Some(format!("http://chat-admin.{}.svc:3000/v1/admin", env.ns))
     );
 
     // Replicas become ready the way a kubelet-backed controller would report it.
     finish_rollout(&env, "chat", "gateway").await;
     finish_rollout(&env, "chat", "persister").await;
+    // The admin API's rollout holds Ready like the others'.
+    eventually("Ready waiting for the admin API alone", 30, || async {
+        let (status, _, message) = condition(&clusters, "chat", "Ready").await?;
+        (status == "False" && message.contains("the rollout (admin: ")).then_some(())
+    })
+    .await;
+    finish_rollout(&env, "chat", "admin").await;
     wait_condition(&clusters, "chat", "Ready", "True").await;
     assert_eq!(
         condition(&clusters, "chat", "Reconciling").await.unwrap().0,
         "False"
     );
-    let gateway = clusters
-        .get("chat")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .gateway
-        .unwrap();
+    let status = clusters.get("chat").await.unwrap().status.unwrap();
+    assert_eq!(status.admin.unwrap().summary, "1/1");
+    let gateway = status.gateway.unwrap();
     assert_eq!(
         (
             gateway.summary.as_str(),
@@ -307,6 +326,7 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
     );
     finish_rollout(&env, "chat", "gateway").await;
     finish_rollout(&env, "chat", "persister").await;
+    finish_rollout(&env, "chat", "admin").await;
     wait_condition(&clusters, "chat", "Ready", "True").await;
     assert!(rollout_complete(
         &deployments.get("chat-gateway").await.unwrap()
@@ -348,10 +368,11 @@ async fn cluster_children_status_rollout_and_garbage_collection() {
                 .map_or(0, |_| 1)
             + env
                 .api::<Service>()
-                .get_opt("chat-gateway")
+                .list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=chat"))
                 .await
                 .unwrap()
-                .map_or(0, |_| 1);
+                .items
+                .len();
         (left == 0).then_some(())
     })
     .await;

@@ -124,6 +124,17 @@ pub async fn run(
         metrics: deps.metrics.clone(),
         membership: membership.clone(),
     });
+    // Before the gateway's Socket.IO layer, which must wrap the fallback it serves from.
+    if cfg.role.runs_admin() {
+        app = app.merge(crate::admin::router(crate::admin::AdminState {
+            verifier: Verifier::from_config(&cfg.auth)?,
+            store: deps.store.clone(),
+            redis: deps.redis.clone(),
+            producer: deps.producer.clone(),
+            metrics: deps.metrics.clone(),
+            recording_topic: cfg.kafka.recording_topic.clone(),
+        }));
+    }
     let mut io = None;
     if cfg.role.runs_gateway() {
         let (routes, layer, socket_io) =
@@ -184,8 +195,7 @@ async fn start_gateway(
         producer,
         metrics,
     } = deps;
-    let verifier =
-        Verifier::from_config(&cfg.auth).context("JWT_SECRET is required for the gateway")?;
+    let verifier = Verifier::from_config(&cfg.auth)?;
     let chat = Chat::new(cfg, redis, store, producer.clone(), metrics.clone());
     let calls = Arc::new(crate::calls::Calls::new(
         crate::calls::CallSettings::from_config(cfg),

@@ -8,8 +8,13 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
+
 use crate::config::AuthConfig;
 use crate::error::{ClientError, ErrorCode};
+use crate::jwks::JwksSource;
 use crate::protocol::validate_id;
 
 /// Claims of a client token (SPEC.md §3).
@@ -40,10 +45,12 @@ pub struct Identity {
     pub roles: Vec<String>,
 }
 
-/// Verifies tokens against the configured secret, issuer and audience.
+/// Verifies tokens: HS256 against `JWT_SECRET`, RS256/ES256 against the identity
+/// provider's keys (`JWT_JWKS_URL`), with the configured issuer and audience.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    secret: Option<DecodingKey>,
+    jwks: Option<Arc<JwksSource>>,
     validation: Validation,
 }
 
@@ -53,8 +60,33 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// Why a token was refused, and whether fresh keys could change that.
+struct Refusal {
+    error: ClientError,
+    unknown_key: bool,
+}
+
+impl From<ClientError> for Refusal {
+    fn from(error: ClientError) -> Self {
+        Self {
+            error,
+            unknown_key: false,
+        }
+    }
+}
+
 impl Verifier {
+    /// An HS256 verifier (the dev tool, tests).
     pub fn new(secret: &str, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        Self::build(Some(secret), None, issuer, audience)
+    }
+
+    fn build(
+        secret: Option<&str>,
+        jwks: Option<Arc<JwksSource>>,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.validate_nbf = true;
@@ -72,27 +104,149 @@ impl Verifier {
         }
         validation.set_required_spec_claims(&required);
         Self {
-            key: DecodingKey::from_secret(secret.as_bytes()),
+            secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks,
             validation,
         }
     }
 
-    pub fn from_config(cfg: &AuthConfig) -> Option<Self> {
-        let secret = cfg.jwt_secret.as_deref().filter(|s| !s.is_empty())?;
-        Some(Self::new(
+    /// The verifier `JWT_SECRET` and/or `JWT_JWKS_URL` describe (at least one is needed).
+    pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Self> {
+        let secret = cfg.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let jwks = match cfg.jwt_jwks_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(Arc::new(JwksSource::new(
+                url,
+                cfg.jwks_min_refresh,
+                cfg.jwks_refresh,
+            )?)),
+            None => None,
+        };
+        if secret.is_none() && jwks.is_none() {
+            anyhow::bail!("JWT_SECRET or JWT_JWKS_URL is required to verify tokens");
+        }
+        Ok(Self::build(
             secret,
+            jwks,
             cfg.jwt_issuer.as_deref(),
             cfg.jwt_audience.as_deref(),
         ))
     }
 
-    /// Checks a token and returns the identity it proves.
+    /// The JWKS source, when tokens may be signed by an identity provider.
+    pub fn jwks(&self) -> Option<&Arc<JwksSource>> {
+        self.jwks.as_ref()
+    }
+
+    /// Checks a token against the keys at hand and returns the identity it proves.
     pub fn verify(&self, token: &str) -> Result<Identity, ClientError> {
+        self.check(token).map_err(|r| r.error)
+    }
+
+    /// [`Self::verify`], fetching the provider's keys first when the cache is old, and
+    /// again when the token names a key the cache lacks (rate-limited: see `jwks`).
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, ClientError> {
+        let Some(jwks) = &self.jwks else {
+            return self.verify(token);
+        };
+        let signed_by_provider = jsonwebtoken::decode_header(token)
+            .is_ok_and(|h| matches!(h.alg, Algorithm::RS256 | Algorithm::ES256));
+        if signed_by_provider && jwks.stale() {
+            jwks.refresh().await;
+        }
+        match self.check(token) {
+            Err(r) if r.unknown_key => {
+                if jwks.refresh().await {
+                    self.verify(token)
+                } else {
+                    Err(r.error)
+                }
+            }
+            other => other.map_err(|r| r.error),
+        }
+    }
+
+    /// The key a token's header asks for.
+    fn key_for(&self, header: &Header) -> Result<DecodingKey, Refusal> {
+        match header.alg {
+            Algorithm::HS256 => self.secret.clone().ok_or_else(|| {
+                unauthorized(
+                    "HS256 tokens are not accepted here: sign with the identity provider's key",
+                )
+                .into()
+            }),
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let Some(jwks) = &self.jwks else {
+                    return Err(
+                        unauthorized("token algorithm is not accepted (HS256 expected)").into(),
+                    );
+                };
+                let keys = jwks.keys();
+                let fits = |k: &&Jwk| key_fits(k, header.alg);
+                let key = match &header.kid {
+                    Some(kid) => {
+                        let found = keys
+                            .iter()
+                            .find(|k| k.common.key_id.as_deref() == Some(kid.as_str()));
+                        match found {
+                            Some(k) if fits(&k) => k,
+                            Some(_) => {
+                                return Err(unauthorized(
+                                    "token key (kid) does not fit the token's algorithm",
+                                )
+                                .into());
+                            }
+                            None => {
+                                return Err(Refusal {
+                                    error: unauthorized(
+                                        "token key (kid) is not among the identity provider's keys",
+                                    ),
+                                    unknown_key: true,
+                                });
+                            }
+                        }
+                    }
+                    None => {
+                        let mut candidates = keys.iter().filter(fits);
+                        match (candidates.next(), candidates.next()) {
+                            (Some(k), None) => k,
+                            (None, _) => {
+                                return Err(Refusal {
+                                    error: unauthorized(
+                                        "no key of the identity provider fits the token",
+                                    ),
+                                    unknown_key: true,
+                                });
+                            }
+                            (Some(_), Some(_)) => {
+                                return Err(unauthorized(
+                                    "token has no kid and the identity provider has several keys",
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                };
+                DecodingKey::from_jwk(key).map_err(|_| {
+                    unauthorized("the identity provider's key for this token is unusable").into()
+                })
+            }
+            _ => {
+                Err(unauthorized("token algorithm is not accepted (HS256, RS256 or ES256)").into())
+            }
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<Identity, Refusal> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Refusal::from(unauthorized("token is malformed")))?;
+        let key = self.key_for(&header)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
         // Decoded loosely, so a claim of the wrong type is named in the refusal.
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
-            &self.key,
-            &self.validation,
+            &key,
+            &validation,
         )
         .map_err(|e| match e.kind() {
             // The claims could not be read as the verifier expects them: say which.
@@ -113,9 +267,7 @@ impl Verifier {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| unauthorized("token claim roles must be an array of strings"))?,
             Some(_) => {
-                return Err(unauthorized(
-                    "token claim roles must be an array of strings",
-                ));
+                return Err(unauthorized("token claim roles must be an array of strings").into());
             }
         };
         Ok(Identity {
@@ -124,6 +276,23 @@ impl Verifier {
             roles,
         })
     }
+}
+
+/// True when `key` can verify a token signed with `alg` (RS256: an RSA key; ES256: a
+/// P-256 key; a key that names its algorithm must name this one).
+fn key_fits(key: &Jwk, alg: Algorithm) -> bool {
+    let family = match (&key.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        _ => false,
+    };
+    let named = match key.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(_) => false,
+    };
+    family && named
 }
 
 fn unauthorized(message: &str) -> ClientError {
@@ -195,7 +364,7 @@ fn describe(kind: &ErrorKind) -> String {
             "token is not valid yet (claim nbf is in the future)".into()
         }
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-            "token algorithm is not accepted (HS256 expected)".into()
+            "token algorithm is not accepted".into()
         }
         ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the {claim} claim"),
         ErrorKind::InvalidClaimFormat(claim) => {

@@ -19,6 +19,8 @@ pub enum Role {
     Gateway,
     /// Kafka consumer that writes messages to MongoDB and publishes persistence events.
     Persister,
+    /// The admin REST API (`/v1/admin`): recordings, user export and erasure.
+    Admin,
     /// Every role in one process, for a single machine.
     All,
 }
@@ -29,6 +31,9 @@ impl Role {
     }
     pub fn runs_persister(self) -> bool {
         matches!(self, Role::Persister | Role::All)
+    }
+    pub fn runs_admin(self) -> bool {
+        matches!(self, Role::Admin | Role::All)
     }
 }
 
@@ -263,6 +268,21 @@ pub struct AuthConfig {
     /// Expected `aud` claim; when set, tokens for another audience are refused.
     #[arg(long = "jwt-audience", env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// JWKS endpoint of an identity provider: RS256/ES256 tokens are verified against its
+    /// keys (with or without `JWT_SECRET`, which keeps HS256 working).
+    #[arg(long = "jwt-jwks-url", env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The JWKS keys are fetched again when older than this (a withdrawn key stops being
+    /// accepted), in seconds.
+    #[arg(long = "jwt-jwks-refresh-seconds", env = "JWT_JWKS_REFRESH_SECONDS", default_value = "300", value_parser = seconds)]
+    pub jwks_refresh: Duration,
+
+    /// A token naming an unknown key fetches the keys again at most this often, in
+    /// seconds (forged key ids cannot flood the provider).
+    #[arg(long = "jwt-jwks-min-refresh-seconds", env = "JWT_JWKS_MIN_REFRESH_SECONDS", default_value = "10", value_parser = seconds)]
+    pub jwks_min_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -561,10 +581,13 @@ impl Config {
 
     /// Checks that flags make sense together; the message says what to change.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.role.runs_gateway() && self.auth.jwt_secret.as_deref().unwrap_or("").is_empty() {
+        if (self.role.runs_gateway() || self.role.runs_admin())
+            && self.auth.jwt_secret.as_deref().unwrap_or("").is_empty()
+            && self.auth.jwt_jwks_url.as_deref().unwrap_or("").is_empty()
+        {
             return Err(InvalidConfig::new(
                 "JWT_SECRET",
-                "JWT_SECRET (--jwt-secret) is required for the gateway role",
+                "JWT_SECRET (--jwt-secret) or JWT_JWKS_URL (--jwt-jwks-url) is required for the gateway and admin roles",
             ));
         }
         if !self.limits.rate_per_second.is_finite() || self.limits.rate_per_second <= 0.0 {

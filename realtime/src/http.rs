@@ -90,15 +90,14 @@ async fn ice_servers(
     State(gw): State<crate::gateway::Shared>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    let result = crate::auth::token_from_headers(&headers)
-        .ok_or_else(|| {
-            crate::error::ClientError::new(
-                crate::error::ErrorCode::Unauthorized,
-                "send the JWT as Authorization: Bearer <token>",
-            )
-        })
-        .and_then(|t| gw.verifier.verify(t))
-        .and_then(|id| gw.ice.configuration(&id.user_id));
+    let identity = match crate::auth::token_from_headers(&headers) {
+        None => Err(crate::error::ClientError::new(
+            crate::error::ErrorCode::Unauthorized,
+            "send the JWT as Authorization: Bearer <token>",
+        )),
+        Some(t) => gw.verifier.authenticate(t).await,
+    };
+    let result = identity.and_then(|id| gw.ice.configuration(&id.user_id));
     match result {
         Ok(body) => (
             StatusCode::OK,

@@ -5,7 +5,8 @@
 //!   the roles → serve → drain (`app::run` takes a bound listener and a shutdown future);
 //! - [`gateway`] is the Socket.IO transport of `/chat` and `/webrtc` (handshake, admission,
 //!   socket rooms, acks, performing emits) and its background confirmations and sweeper;
-//! - [`http`] serves `/healthz`, `/readyz`, `/metrics` and `/v1/ice-servers`;
+//! - [`http`] serves `/healthz`, `/readyz`, `/metrics` and `/v1/ice-servers`; [`admin`]
+//!   the admin REST API (recordings, a user's export and erasure, OpenAPI);
 //! - [`chat`] is the chat service: every use case (send, history, status, recover, join,
 //!   leave, presence, typing, moderation) on an identity and a typed request, returning a
 //!   typed answer and the emits — no Socket.IO in it;
@@ -20,6 +21,7 @@
 //!   ledger of every message's state) hold the state; [`keys`] names every Redis key and
 //!   room; [`ice`] follows a TurnPool (or static servers) for ICE configurations.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backoff;
@@ -31,6 +33,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod ice;
+pub mod jwks;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;

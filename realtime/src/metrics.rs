@@ -71,6 +71,16 @@ pub struct Metrics {
     pub recording_changes: Family<KindLabel, Counter>,
     pub recording_write_errors: Counter,
     pub recording_outbox: Gauge,
+    pub admin_requests: Family<AdminLabel, Counter>,
+    pub admin_request_seconds: Family<ActionLabel, Histogram>,
+    pub erased_records: Family<KindLabel, Counter>,
+}
+
+/// An admin API call: what it did and the HTTP status it answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabel {
+    pub action: &'static str,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,7 +144,25 @@ impl Default for Metrics {
             recording_changes: Family::default(),
             recording_write_errors: Counter::default(),
             recording_outbox: Gauge::default(),
+            admin_requests: Family::default(),
+            admin_request_seconds: Family::new_with_constructor(latency_histogram),
+            erased_records: Family::default(),
         };
+        registry.register(
+            "admin_requests",
+            "Admin API calls by action and HTTP status (each also written to admin_audit)",
+            m.admin_requests.clone(),
+        );
+        registry.register(
+            "admin_request_seconds",
+            "Admin API call duration by action (an export: until the last byte is streamed)",
+            m.admin_request_seconds.clone(),
+        );
+        registry.register(
+            "erased_records",
+            "Records erased or redacted by user erasures, by kind (messages, memberships, ...)",
+            m.erased_records.clone(),
+        );
         registry.register(
             "calls_active",
             "Calls going on, every tenant and gateway (sampled by each gateway's call sweeper)",

@@ -121,7 +121,10 @@ impl SendRequest {
                 ));
             }
         };
-        let Content::Text { text } = &content;
+        let Content::Text { text } = &content else {
+            // Only "text" is decoded above; no client can send erased content.
+            return Err(invalid("content.type must be \"text\"".into()));
+        };
         if text.trim().is_empty() {
             return Err(invalid("content.text must not be empty".into()));
         }

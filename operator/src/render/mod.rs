@@ -8,8 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec as K8sServiceSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,10 +16,12 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{RealtimeCluster, SecretKeyRef, ServiceType, labels};
 
+mod service;
 mod storage;
 pub mod turn_pool;
 mod turn_reader;
 
+pub use service::{admin_service, admin_url, gateway_pdb, gateway_service, websocket_url};
 pub use storage::{INDEX_COMPONENT, TOPIC_COMPONENT, indexes, topics};
 pub use turn_reader::{turn_reader_name, turn_reader_role};
 
@@ -34,6 +35,9 @@ pub fn gateway_name(cluster: &str) -> String {
 }
 pub fn persister_name(cluster: &str) -> String {
     format!("{cluster}-persister")
+}
+pub fn admin_name(cluster: &str) -> String {
+    format!("{cluster}-admin")
 }
 pub fn config_name(cluster: &str) -> String {
     format!("{cluster}-config")
@@ -124,6 +128,9 @@ pub fn config_data(rc: &RealtimeCluster) -> BTreeMap<String, String> {
     if let Some(aud) = &s.auth.audience {
         env.insert("JWT_AUDIENCE", aud.clone());
     }
+    if let Some(jwks) = &s.auth.jwks_url {
+        env.insert("JWT_JWKS_URL", jwks.clone());
+    }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
@@ -170,29 +177,52 @@ fn http_probe(path: &str, initial_delay: i32) -> Probe {
 }
 
 /// A data-plane component: one Deployment each, running the `realtime` binary in the
-/// role of the same name.
+/// role of the same name. Every component gets the same configuration (ConfigMap and
+/// Secret references); its role decides what it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     Gateway,
     Persister,
+    /// The admin REST API (`/v1/admin`).
+    Admin,
 }
 
 impl Component {
-    pub const ALL: [Self; 2] = [Self::Gateway, Self::Persister];
+    pub const ALL: [Self; 3] = [Self::Gateway, Self::Persister, Self::Admin];
 
     /// The data plane's `ROLE` and the `app.kubernetes.io/component` label.
     pub fn role(self) -> &'static str {
         match self {
             Self::Gateway => "gateway",
             Self::Persister => "persister",
+            Self::Admin => "admin",
         }
     }
 
-    /// The component's Deployment name.
+    /// The component's Deployment name (and, for the gateway and the admin API, its
+    /// Service's).
     pub fn deployment_name(self, cluster: &str) -> String {
         match self {
             Self::Gateway => gateway_name(cluster),
             Self::Persister => persister_name(cluster),
+            Self::Admin => admin_name(cluster),
+        }
+    }
+
+    /// Desired replicas, from the spec.
+    pub fn replicas(self, rc: &RealtimeCluster) -> i32 {
+        match self {
+            Self::Gateway => rc.spec.gateway.replicas,
+            Self::Persister => rc.spec.persister.replicas,
+            Self::Admin => rc.spec.admin.replicas,
+        }
+    }
+
+    fn resources(self, rc: &RealtimeCluster) -> Option<ResourceRequirements> {
+        match self {
+            Self::Gateway => rc.spec.gateway.resources.clone(),
+            Self::Persister => rc.spec.persister.resources.clone(),
+            Self::Admin => rc.spec.admin.resources.clone(),
         }
     }
 }
@@ -202,13 +232,6 @@ pub fn deployment(rc: &RealtimeCluster, component: Component, checksum: &str) ->
     let name = rc.name_any();
     let role = component.role();
     let dep_name = component.deployment_name(&name);
-    let (replicas, resources) = match component {
-        Component::Gateway => (rc.spec.gateway.replicas, rc.spec.gateway.resources.clone()),
-        Component::Persister => (
-            rc.spec.persister.replicas,
-            rc.spec.persister.resources.clone(),
-        ),
-    };
     let selector = labels(&name, role);
     let mut env = vec![EnvVar {
         name: "ROLE".into(),
@@ -247,7 +270,7 @@ pub fn deployment(rc: &RealtimeCluster, component: Component, checksum: &str) ->
         }]),
         readiness_probe: Some(http_probe("/readyz", 2)),
         liveness_probe: Some(http_probe("/healthz", 10)),
-        resources,
+        resources: component.resources(rc),
         security_context: Some(locked_down(true)),
         ..Container::default()
     };
@@ -263,7 +286,13 @@ pub fn deployment(rc: &RealtimeCluster, component: Component, checksum: &str) ->
         containers: vec![container],
         ..PodSpec::default()
     };
-    checksummed_deployment(meta(rc, dep_name, role), replicas, selector, checksum, pod)
+    checksummed_deployment(
+        meta(rc, dep_name, role),
+        component.replicas(rc),
+        selector,
+        checksum,
+        pod,
+    )
 }
 
 /// A Deployment of `replicas` pods selected by `selector`, whose template carries the
@@ -335,56 +364,6 @@ pub fn pod_security(user: i64) -> PodSecurityContext {
     }
 }
 
-pub fn gateway_service(rc: &RealtimeCluster) -> Service {
-    let name = rc.name_any();
-    let svc = &rc.spec.gateway.service;
-    Service {
-        metadata: meta(rc, gateway_name(&name), "gateway"),
-        spec: Some(K8sServiceSpec {
-            type_: Some(service_type(svc.type_)),
-            selector: Some(labels(&name, "gateway")),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: svc.port,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::String("http".into())),
-                ..ServicePort::default()
-            }]),
-            // Socket.IO's HTTP long-polling (the standard client's first transport) needs
-            // every request of a session on the same gateway.
-            session_affinity: Some("ClientIP".into()),
-            ..K8sServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
-/// The gateway's PodDisruptionBudget as JSON, for `policy/v1` or, on servers older than
-/// 1.21 that lack it, `policy/v1beta1` (the fields used here are the same in both).
-pub fn gateway_pdb(rc: &RealtimeCluster, api_version: &str) -> serde_json::Value {
-    let name = rc.name_any();
-    serde_json::json!({
-        "apiVersion": api_version,
-        "kind": "PodDisruptionBudget",
-        "metadata": meta(rc, gateway_name(&name), "gateway"),
-        "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": labels(&name, "gateway")},
-        },
-    })
-}
-
-/// In-cluster Socket.IO URL of the gateway Service. (No admin URL: nothing serves the
-/// admin API yet.)
-pub fn websocket_url(rc: &RealtimeCluster) -> String {
-    format!(
-        "http://{}.{}.svc:{}/chat",
-        gateway_name(&rc.name_any()),
-        rc.namespace().unwrap_or_else(|| "default".into()),
-        rc.spec.gateway.service.port
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +406,88 @@ mod tests {
         assert_eq!(data["KAFKA_REPLICATION_FACTOR"], "1");
         let secrets: Vec<&str> = secret_env(&cluster()).into_iter().map(|(v, _)| v).collect();
         assert_eq!(secrets, ["MONGODB_URI", "REDIS_URL", "JWT_SECRET"]);
+        assert!(
+            !data.contains_key("JWT_JWKS_URL"),
+            "unset JWKS is not rendered"
+        );
+    }
+
+    #[test]
+    fn a_jwks_url_reaches_every_component_without_a_jwt_secret() {
+        let mut rc = cluster();
+        rc.spec.auth.jwt_secret_ref = None;
+        rc.spec.auth.jwks_url = Some("https://id.example/jwks.json".into());
+        assert_eq!(
+            config_data(&rc)["JWT_JWKS_URL"],
+            "https://id.example/jwks.json"
+        );
+        let secrets: Vec<&str> = secret_env(&rc).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(secrets, ["MONGODB_URI", "REDIS_URL"]);
+    }
+
+    #[test]
+    fn the_admin_api_runs_in_its_own_deployment() {
+        let mut rc = cluster();
+        rc.spec.turn_pool_ref = Some(crate::crd::LocalRef {
+            name: "edge".into(),
+        });
+        let d = deployment(&rc, Component::Admin, "abc");
+        assert_eq!(d.metadata.name.as_deref(), Some("chat-admin"));
+        assert_eq!(d.metadata.labels, Some(labels("chat", "admin")));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1), "spec.admin.replicas defaults to 1");
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!(selector, labels("chat", "admin"));
+        let template = spec.template;
+        assert_eq!(template.metadata.unwrap().labels, Some(selector));
+        let pod = template.spec.unwrap();
+        assert_eq!(
+            pod.automount_service_account_token,
+            Some(false),
+            "only the gateway reads the TurnPool"
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("realtime:1"));
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "ROLE" && e.value.as_deref() == Some("admin"))
+        );
+        // The persister's database, Redis and broker settings and the gateway's token
+        // settings: one ConfigMap and the same Secret references for every component.
+        for var in ["MONGODB_URI", "REDIS_URL", "JWT_SECRET"] {
+            let e = env.iter().find(|e| e.name == var).unwrap();
+            assert!(e.value.is_none(), "{var} from a secretKeyRef");
+            assert!(e.value_from.as_ref().unwrap().secret_key_ref.is_some());
+        }
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .config_map_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "chat-config"
+        );
+        let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, CONTAINER_PORT);
+    }
+
+    #[test]
+    fn admin_replicas_and_resources_come_from_spec_admin() {
+        let mut value = serde_json::to_value(cluster()).unwrap();
+        value["spec"]["admin"] =
+            serde_json::json!({"replicas": 2, "resources": {"limits": {"cpu": "500m"}}});
+        let rc: RealtimeCluster = serde_json::from_value(value).unwrap();
+        let spec = deployment(&rc, Component::Admin, "abc").spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let resources = spec.template.spec.unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
+        assert!(resources.limits.unwrap().contains_key("cpu"));
+        assert_eq!(Component::Admin.replicas(&rc), 2);
     }
 
     #[test]
@@ -469,21 +530,6 @@ mod tests {
                 .unwrap()
                 .replicas,
             Some(1)
-        );
-    }
-
-    #[test]
-    fn service_pdb_and_endpoints() {
-        let svc = gateway_service(&cluster()).spec.unwrap();
-        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
-        assert_eq!(svc.ports.unwrap()[0].port, 443);
-        assert_eq!(svc.session_affinity.as_deref(), Some("ClientIP"));
-        let pdb = gateway_pdb(&cluster(), "policy/v1beta1");
-        assert_eq!(pdb["apiVersion"], "policy/v1beta1");
-        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-        assert_eq!(
-            websocket_url(&cluster()),
-            "http://chat-gateway.ns.svc:443/chat"
         );
     }
 }

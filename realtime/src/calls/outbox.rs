@@ -152,7 +152,8 @@ impl Calls {
                 return Ok(());
             }
         };
-        self.store
+        let live = self
+            .store
             .save_recording(recording_fields(
                 &entry.tenant,
                 &entry.call_id,
@@ -161,6 +162,12 @@ impl Calls {
                 entry.at,
             ))
             .await?;
+        if !live {
+            // Erased through the admin API while its call went on: nothing of it is
+            // written or published again.
+            tracing::debug!("change of an erased recording dropped");
+            return Ok(());
+        }
         let key = format!("{}:{}", entry.tenant, entry.recording.id);
         for event in &entry.events {
             self.producer

@@ -50,7 +50,7 @@ pub struct Gateway {
 pub type Shared = Arc<Gateway>;
 
 /// Checks the handshake's token (Socket.IO `auth` payload or `Authorization` header).
-fn verify_handshake<A: Adapter>(
+async fn verify_handshake<A: Adapter>(
     s: &SocketRef<A>,
     auth: Option<&Value>,
     gw: &Gateway,
@@ -62,7 +62,7 @@ fn verify_handshake<A: Adapter>(
             ErrorCode::Unauthorized,
             "no token: connect with auth {\"token\": \"<JWT>\"}",
         )),
-        Some(token) => gw.verifier.verify(token),
+        Some(token) => gw.verifier.authenticate(token).await,
     };
     if let Err(e) = &result {
         gw.metrics.connections_refused.inc();
@@ -78,7 +78,7 @@ pub async fn authenticate_webrtc<A: Adapter>(
     TryData(auth): TryData<Value>,
     State(gw): State<Shared>,
 ) -> Result<(), ClientError> {
-    let identity = verify_handshake(&s, auth.as_ref().ok(), &gw)?;
+    let identity = verify_handshake(&s, auth.as_ref().ok(), &gw).await?;
     // The user's room reaches every socket of theirs on `/webrtc` (call notices,
     // signals), wherever it is connected; the registration counts it as present in
     // their calls.
@@ -117,7 +117,7 @@ pub async fn authenticate<A: Adapter>(
     TryData(auth): TryData<Value>,
     State(gw): State<Shared>,
 ) -> Result<(), ClientError> {
-    match verify_handshake(&s, auth.as_ref().ok(), &gw) {
+    match verify_handshake(&s, auth.as_ref().ok(), &gw).await {
         Ok(identity) => {
             // Everything a client may rely on right after `connect` is set up here, not in
             // the connect handler: socketioxide sends CONNECT before it spawns that handler,

@@ -4,14 +4,20 @@
 use serde::{Deserialize, Serialize};
 
 /// Message content. Only text exists today; the `type` tag leaves room for more.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Content {
-    Text { text: String },
+    Text {
+        text: String,
+    },
+    /// What is left of a message whose sender was erased (GDPR): its place in the
+    /// history (id, seq, time), nothing of what it said or who said it. Never accepted
+    /// from clients.
+    Erased,
 }
 
 /// A message as clients see it (`message:new`, history pages).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub message_id: String,

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::model::{Content, Message};
 use crate::protocol::ChatRecord;
 
+pub mod admin;
 pub mod recordings;
 mod rooms;
 pub use rooms::{LogEntry, MODERATION_LOG, RestrictionKind};
@@ -425,7 +426,7 @@ pub fn message_document(r: &ChatRecord) -> Result<Document> {
     })
 }
 
-fn message_from_document(d: &Document) -> Result<Message> {
+pub(crate) fn message_from_document(d: &Document) -> Result<Message> {
     let field = |name: &str| -> Result<String> {
         d.get_str(name)
             .map(str::to_owned)

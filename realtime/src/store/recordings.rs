@@ -59,8 +59,9 @@ pub fn recording_fields(
 }
 
 impl Store {
-    /// Writes the recording's document unless a newer version is stored already.
-    pub async fn save_recording(&self, fields: Document) -> Result<()> {
+    /// Writes the recording's document unless a newer version is stored already. False
+    /// when the recording was erased (its tombstone stays; nothing is written).
+    pub async fn save_recording(&self, fields: Document) -> Result<bool> {
         let filter = doc! {
             "tenant_id": fields.get("tenant_id").cloned().unwrap_or(Bson::Null),
             "recording_id": fields.get("recording_id").cloned().unwrap_or(Bson::Null),
@@ -75,7 +76,7 @@ impl Store {
             .await;
         match reply {
             Ok(reply) => match write_error_codes(&reply).as_slice() {
-                [] => Ok(()),
+                [] => Ok(true),
                 // No match, and the upsert hit the unique recording_id: a newer version
                 // is stored — or another gateway inserted the first version a moment
                 // ago, which this (newer) one must still replace.
@@ -92,8 +93,13 @@ impl Store {
     }
 
     /// The versioned update without the upsert: changes nothing when a newer version is
-    /// stored.
-    async fn update_recording(&self, filter: Document, fields: Document) -> Result<()> {
+    /// stored (or the recording was erased: false).
+    async fn update_recording(&self, filter: Document, fields: Document) -> Result<bool> {
+        let tenant = fields.get_str("tenant_id").unwrap_or_default().to_owned();
+        let id = fields
+            .get_str("recording_id")
+            .unwrap_or_default()
+            .to_owned();
         let reply = self
             .write(doc! {
                 "update": CALL_RECORDINGS,
@@ -101,7 +107,10 @@ impl Store {
             })
             .await?;
         match write_error_codes(&reply).as_slice() {
-            [] => Ok(()),
+            [] if reply.get_i32("n").unwrap_or(1) == 0 => {
+                Ok(!self.recording_erased(&tenant, &id).await?)
+            }
+            [] => Ok(true),
             codes => Err(Error::MongoWrite(format!(
                 "{CALL_RECORDINGS} write refused with codes {codes:?}"
             ))),

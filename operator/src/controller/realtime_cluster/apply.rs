@@ -70,7 +70,10 @@ pub async fn children(
             .await?;
     }
     let storage_waits = storage(rc, ctx, ns, &mut wanted).await?;
-    let running = matches!(deployments(rc, ctx, ns).await?, (Some(_), _) | (_, Some(_)));
+    let running = deployments(rc, ctx, ns)
+        .await?
+        .iter()
+        .any(|(_, d)| d.is_some());
     if storage_waits.is_empty() || running {
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
         for component in render::Component::ALL {
@@ -83,12 +86,16 @@ pub async fn children(
                 .await?;
         }
     }
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let gateway = render::gateway_name(&name);
     wanted
+        .apply(&services, &gateway, &render::gateway_service(rc))
+        .await?;
+    wanted
         .apply(
-            &Api::<Service>::namespaced(client.clone(), ns),
-            &gateway,
-            &render::gateway_service(rc),
+            &services,
+            &render::admin_name(&name),
+            &render::admin_service(rc),
         )
         .await?;
     let (group, version) = ctx
@@ -207,7 +214,7 @@ pub async fn prune(
 pub async fn stop_data_plane(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> Result<(), Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = rc.name_any();
-    for dep_name in [render::gateway_name(&name), render::persister_name(&name)] {
+    for dep_name in render::Component::ALL.map(|c| c.deployment_name(&name)) {
         let Some(d) = deployments
             .get_opt(&dep_name)
             .await
@@ -237,20 +244,22 @@ pub async fn stop_data_plane(rc: &RealtimeCluster, ctx: &Context, ns: &str) -> R
     Ok(())
 }
 
-/// The cluster's gateway and persister Deployments, as they are now.
+/// The Deployment of every data-plane component, as they are now.
 pub async fn deployments(
     rc: &RealtimeCluster,
     ctx: &Context,
     ns: &str,
-) -> Result<(Option<Deployment>, Option<Deployment>), Error> {
+) -> Result<Vec<(render::Component, Option<Deployment>)>, Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = rc.name_any();
-    let get = |dep: String| {
-        let api = &api;
-        async move { api.get_opt(&dep).await.map_err(Error::reading(api, &dep)) }
-    };
-    Ok((
-        get(render::gateway_name(&name)).await?,
-        get(render::persister_name(&name)).await?,
-    ))
+    let mut found = Vec::new();
+    for component in render::Component::ALL {
+        let dep = component.deployment_name(&name);
+        let live = api
+            .get_opt(&dep)
+            .await
+            .map_err(Error::reading(&api, &dep))?;
+        found.push((component, live));
+    }
+    Ok(found)
 }

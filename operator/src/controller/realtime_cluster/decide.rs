@@ -6,22 +6,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::crd::condition::*;
 use crate::crd::{ComponentStatus, RealtimeCluster, condition};
+use crate::render::Component;
 
 /// Why the operator cannot act on the spec, as (reason, message); the schema cannot say
 /// it on every server (Kubernetes before 1.25 ignores the CRD's CEL rules).
-pub fn unsupported(rc: &RealtimeCluster) -> Option<(&'static str, String)> {
+pub fn invalid(rc: &RealtimeCluster) -> Option<(&'static str, String)> {
     let auth = &rc.spec.auth;
-    match (&auth.jwt_secret_ref, &auth.jwks_url) {
-        (Some(_), _) => None,
-        (None, Some(_)) => Some((
-            REASON_UNSUPPORTED,
-            "spec.auth.jwksUrl is not supported yet (the data plane verifies HS256 tokens only); set spec.auth.jwtSecretRef to the Secret key holding the HS256 secret".into(),
-        )),
-        (None, None) => Some((
+    (auth.jwt_secret_ref.is_none() && auth.jwks_url.is_none()).then(|| {
+        (
             REASON_INVALID_SPEC,
-            "spec.auth.jwtSecretRef is missing: set it to the Secret key holding the HS256 secret that signs client tokens".into(),
-        )),
-    }
+            "spec.auth verifies no token: set spec.auth.jwtSecretRef to the Secret key holding the HS256 secret that signs client tokens, or spec.auth.jwksUrl to the JWKS document of their RS256/ES256 keys".into(),
+        )
+    })
 }
 
 /// A component's replica counts and, while its rollout is not complete, what it waits
@@ -96,8 +92,8 @@ pub fn stalled(reason: &str, message: &str, generation: Option<i64>) -> Vec<Cond
 /// Where a cluster's data plane stands once its children are applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
-    pub gateway: ComponentStatus,
-    pub persister: ComponentStatus,
+    /// Replica counts of every component, in [`Component::ALL`]'s order.
+    pub components: Vec<(Component, ComponentStatus)>,
     pub conditions: Vec<Condition>,
 }
 
@@ -106,45 +102,48 @@ pub struct Rollout {
 /// `storage` names the topics and indexes that are not `Ready` yet.
 pub fn cluster_conditions(
     rc: &RealtimeCluster,
-    gateway: Option<&Deployment>,
-    persister: Option<&Deployment>,
+    deployments: &[(Component, Option<Deployment>)],
     storage: &[String],
 ) -> Rollout {
-    let (gateway, gateway_waits) = rollout(rc.spec.gateway.replicas, gateway);
-    let (persister, persister_waits) = rollout(rc.spec.persister.replicas, persister);
+    let rollouts: Vec<(Component, ComponentStatus, Option<String>)> = deployments
+        .iter()
+        .map(|(component, d)| {
+            let (status, waiting) = rollout(component.replicas(rc), d.as_ref());
+            (*component, status, waiting)
+        })
+        .collect();
     let storage = (!storage.is_empty()).then(|| storage.join(", "));
-    let conditions = applied(
-        (&gateway, gateway_waits.as_deref()),
-        (&persister, persister_waits.as_deref()),
-        storage.as_deref(),
-        rc.metadata.generation,
-    );
+    let progress: Vec<(Component, &ComponentStatus, Option<&str>)> = rollouts
+        .iter()
+        .map(|(c, status, waiting)| (*c, status, waiting.as_deref()))
+        .collect();
+    let conditions = applied(&progress, storage.as_deref(), rc.metadata.generation);
     Rollout {
-        gateway,
-        persister,
+        components: rollouts
+            .into_iter()
+            .map(|(c, status, _)| (c, status))
+            .collect(),
         conditions,
     }
 }
 
 /// Conditions once the children are applied: `Ready` when every topic and index is
-/// `Ready` and every rollout is complete, else `Reconciling` with what each waits for
-/// (`storage`: the topics and indexes not ready yet).
+/// `Ready` and every component's rollout is complete, else `Reconciling` with what each
+/// waits for (`components`: replica counts and what the rollout waits for; `storage`: the
+/// topics and indexes not ready yet).
 pub fn applied(
-    gateway: (&ComponentStatus, Option<&str>),
-    persister: (&ComponentStatus, Option<&str>),
+    components: &[(Component, &ComponentStatus, Option<&str>)],
     storage: Option<&str>,
     generation: Option<i64>,
 ) -> Vec<Condition> {
-    let progress = format!(
-        "gateway {}/{} ready, persister {}/{} ready",
-        gateway.0.ready_replicas,
-        gateway.0.replicas,
-        persister.0.ready_replicas,
-        persister.0.replicas
-    );
-    let rolling: Vec<String> = [("gateway", gateway.1), ("persister", persister.1)]
-        .into_iter()
-        .filter_map(|(name, w)| w.map(|w| format!("{name}: {w}")))
+    let progress = components
+        .iter()
+        .map(|(c, s, _)| format!("{} {}/{} ready", c.role(), s.ready_replicas, s.replicas))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rolling: Vec<String> = components
+        .iter()
+        .filter_map(|(c, _, w)| w.map(|w| format!("{}: {w}", c.role())))
         .collect();
     let mut waiting = Vec::new();
     if let Some(storage) = storage {
@@ -251,16 +250,38 @@ mod tests {
         assert_eq!(rollout(0, Some(&deployment(1, zero))).1, None);
     }
 
+    /// Every component with `c`, and `waiting` for the one named.
+    fn every<'a>(
+        c: &'a ComponentStatus,
+        waiting: Option<(Component, &'a str)>,
+    ) -> Vec<(Component, &'a ComponentStatus, Option<&'a str>)> {
+        Component::ALL
+            .into_iter()
+            .map(|component| {
+                let w = waiting.filter(|(w, _)| *w == component).map(|(_, w)| w);
+                (component, c, w)
+            })
+            .collect()
+    }
+
     #[test]
-    fn conditions_say_ready_only_when_both_rollouts_are_complete() {
+    fn conditions_say_ready_only_when_every_rollout_is_complete() {
         let (c, _) = rollout(2, None);
-        let ready = applied((&c, None), (&c, None), None, Some(4));
+        let ready = applied(&every(&c, None), None, Some(4));
         assert_eq!(
             (ready[0].type_.as_str(), ready[0].status.as_str()),
             ("Ready", "True")
         );
+        assert_eq!(
+            ready[0].message,
+            "gateway 0/2 ready, persister 0/2 ready, admin 0/2 ready"
+        );
         assert_eq!(ready[1].status, "False");
-        let rolling = applied((&c, Some("1/2 updated")), (&c, None), None, Some(4));
+        let rolling = applied(
+            &every(&c, Some((Component::Gateway, "1/2 updated"))),
+            None,
+            Some(4),
+        );
         assert_eq!(
             (rolling[0].status.as_str(), rolling[0].reason.as_str()),
             ("False", "Progressing")
@@ -272,10 +293,23 @@ mod tests {
         );
         assert_eq!(rolling[2].status, "False");
         assert!(rolling.iter().all(|c| c.observed_generation == Some(4)));
+        // The admin API's rollout holds Ready like the others'.
+        let admin = applied(
+            &every(&c, Some((Component::Admin, "not created yet"))),
+            None,
+            Some(4),
+        );
+        assert_eq!(admin[0].status, "False");
+        assert!(
+            admin[0]
+                .message
+                .contains("the rollout (admin: not created yet)"),
+            "{}",
+            admin[0].message
+        );
         // Complete rollouts do not make it Ready while a topic or an index is not.
         let storage = applied(
-            (&c, None),
-            (&c, None),
+            &every(&c, None),
             Some("KafkaTopic chat-messages: Unreachable"),
             Some(4),
         );
@@ -290,7 +324,64 @@ mod tests {
     }
 
     #[test]
-    fn jwks_only_and_missing_auth_are_named() {
+    fn cluster_conditions_cover_every_component_from_its_spec() {
+        let rc: RealtimeCluster = serde_json::from_value(json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "c", "generation": 2},
+            "spec": {"image": "i", "kafka": {"bootstrapServers": "k"},
+                "mongodb": {"uriSecretRef": {"name": "s", "key": "k"}},
+                "redis": {"urlSecretRef": {"name": "s", "key": "k"}},
+                "auth": {"jwksUrl": "https://id.example/jwks.json"},
+                "admin": {"replicas": 2}}
+        }))
+        .unwrap();
+        let done = |n: i64| {
+            Some(deployment(
+                1,
+                json!({"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}),
+            ))
+        };
+        let deployments = [
+            (Component::Gateway, done(2)),
+            (Component::Persister, done(1)),
+            (Component::Admin, None),
+        ];
+        let r = cluster_conditions(&rc, &deployments, &[]);
+        let summaries: Vec<(Component, &str)> = r
+            .components
+            .iter()
+            .map(|(c, s)| (*c, s.summary.as_str()))
+            .collect();
+        assert_eq!(
+            summaries,
+            [
+                (Component::Gateway, "2/2"),
+                (Component::Persister, "1/1"),
+                (Component::Admin, "0/2"),
+            ]
+        );
+        assert_eq!(r.conditions[0].status, "False");
+        assert!(
+            r.conditions[0].message.contains("admin: not created yet")
+                && r.conditions[0].message.ends_with("admin 0/2 ready"),
+            "{}",
+            r.conditions[0].message
+        );
+        assert!(
+            r.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+        let all_done = [
+            (Component::Gateway, done(2)),
+            (Component::Persister, done(1)),
+            (Component::Admin, done(2)),
+        ];
+        let ready = cluster_conditions(&rc, &all_done, &[]);
+        assert_eq!(ready.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn jwks_alone_is_enough_and_missing_auth_is_named() {
         let mut rc: RealtimeCluster = serde_json::from_value(json!({
             "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster", "metadata": {"name": "c"},
             "spec": {"image": "i", "kafka": {"bootstrapServers": "k"},
@@ -299,19 +390,22 @@ mod tests {
                 "auth": {"jwksUrl": "https://id.example/jwks.json"}}
         }))
         .unwrap();
-        let (reason, message) = unsupported(&rc).unwrap();
-        assert_eq!(reason, "Unsupported");
-        assert!(
-            message.contains("jwksUrl is not supported yet") && message.contains("jwtSecretRef")
-        );
+        assert_eq!(invalid(&rc), None);
         rc.spec.auth.jwks_url = None;
-        assert_eq!(unsupported(&rc).unwrap().0, "InvalidSpec");
+        let (reason, message) = invalid(&rc).unwrap();
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains("spec.auth.jwtSecretRef") && message.contains("spec.auth.jwksUrl"),
+            "{message}"
+        );
         rc.spec.auth.jwt_secret_ref = Some(crate::crd::SecretKeyRef {
             name: "s".into(),
             key: "k".into(),
         });
-        assert_eq!(unsupported(&rc), None);
-        let c = stalled("Unsupported", "m", Some(1));
+        assert_eq!(invalid(&rc), None);
+        rc.spec.auth.jwks_url = Some("https://id.example/jwks.json".into());
+        assert_eq!(invalid(&rc), None, "both together");
+        let c = stalled("InvalidSpec", "m", Some(1));
         assert_eq!(
             c.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(),
             ["False", "False", "True"]

@@ -17,7 +17,6 @@ mod references;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -28,7 +27,7 @@ use crate::crd::condition::*;
 use crate::crd::{
     ComponentStatus, Endpoints, RealtimeCluster, RealtimeClusterStatus, merge_conditions,
 };
-use crate::render;
+use crate::render::{self, Component};
 use references::References;
 
 pub const KIND: &str = "RealtimeCluster";
@@ -47,7 +46,7 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<Action, 
     let ns = rc
         .namespace()
         .ok_or_else(|| Error::Invalid("RealtimeCluster must be namespaced".into()))?;
-    if let Some((reason, message)) = decide::unsupported(rc) {
+    if let Some((reason, message)) = decide::invalid(rc) {
         // Only a spec change helps; the cluster's own watch brings that.
         stall(rc, ctx, reason, message, None).await?;
         return Ok(Action::await_change());
@@ -85,9 +84,11 @@ async fn stop_for_conflict(
     lost: &conflict::Conflict,
 ) -> Result<(), Error> {
     apply::stop_data_plane(rc, ctx, ns).await?;
-    let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
-    let stopped = |d: Option<&Deployment>| decide::rollout(0, d).0;
-    let components = (stopped(gateway.as_ref()), stopped(persister.as_ref()));
+    let components = apply::deployments(rc, ctx, ns)
+        .await?
+        .into_iter()
+        .map(|(c, d)| (c, decide::rollout(0, d.as_ref()).0))
+        .collect();
     stall(
         rc,
         ctx,
@@ -98,8 +99,8 @@ async fn stop_for_conflict(
     .await
 }
 
-/// The rollout of both Deployments in status (replicas, `Ready`/`Reconciling`, the
-/// endpoint, the configuration checksum), with an Event when the cluster recovers from a
+/// The rollout of every Deployment in status (replicas, `Ready`/`Reconciling`, the
+/// endpoints, the configuration checksum), with an Event when the cluster recovers from a
 /// stall and when a configuration change rolls the pods.
 async fn report_rollout(
     rc: &RealtimeCluster,
@@ -109,22 +110,24 @@ async fn report_rollout(
     storage_waits: &[String],
 ) -> Result<(), Error> {
     let generation = rc.metadata.generation;
-    let (gateway, persister) = apply::deployments(rc, ctx, ns).await?;
+    let deployments = apply::deployments(rc, ctx, ns).await?;
     let decide::Rollout {
-        gateway,
-        persister,
+        components,
         conditions,
-    } = decide::cluster_conditions(rc, gateway.as_ref(), persister.as_ref(), storage_waits);
-    let replaced = update_status(rc, ctx, |current| RealtimeClusterStatus {
-        conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
-        observed_generation: generation,
-        endpoints: Some(Endpoints {
-            websocket_url: render::websocket_url(rc),
-            admin_url: None,
-        }),
-        gateway: Some(gateway.clone()),
-        persister: Some(persister.clone()),
-        config_checksum: Some(checksum.to_owned()),
+    } = decide::cluster_conditions(rc, &deployments, storage_waits);
+    let replaced = update_status(rc, ctx, |current| {
+        let mut status = RealtimeClusterStatus {
+            conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
+            observed_generation: generation,
+            endpoints: Some(Endpoints {
+                websocket_url: render::websocket_url(rc),
+                admin_url: Some(render::admin_url(rc)),
+            }),
+            config_checksum: Some(checksum.to_owned()),
+            ..RealtimeClusterStatus::default()
+        };
+        report_components(&mut status, &components);
+        status
     })
     .await?;
     let Some(previous) = replaced else {
@@ -167,22 +170,18 @@ async fn stall(
     ctx: &Context,
     reason: &str,
     message: String,
-    components: Option<(ComponentStatus, ComponentStatus)>,
+    components: Option<Vec<(Component, ComponentStatus)>>,
 ) -> Result<(), Error> {
     let generation = rc.metadata.generation;
     let conditions = decide::stalled(reason, &message, generation);
     let replaced = update_status(rc, ctx, |current| {
-        let (gateway, persister) = match &components {
-            Some((g, p)) => (Some(g.clone()), Some(p.clone())),
-            None => (current.gateway.clone(), current.persister.clone()),
-        };
-        RealtimeClusterStatus {
+        let mut status = RealtimeClusterStatus {
             conditions: merge_conditions(&current.conditions, conditions.clone(), now()),
             observed_generation: generation,
-            gateway,
-            persister,
             ..current.clone()
-        }
+        };
+        report_components(&mut status, components.iter().flatten());
+        status
     })
     .await?;
     let announced = |status: &RealtimeClusterStatus| {
@@ -194,6 +193,21 @@ async fn stall(
         publish(ctx, rc, EventType::Warning, reason, "Reconcile", message).await;
     }
     Ok(())
+}
+
+/// Puts each component's replica counts in its field of `status`.
+fn report_components<'a>(
+    status: &mut RealtimeClusterStatus,
+    components: impl IntoIterator<Item = &'a (Component, ComponentStatus)>,
+) {
+    for (component, replicas) in components {
+        let field = match component {
+            Component::Gateway => &mut status.gateway,
+            Component::Persister => &mut status.persister,
+            Component::Admin => &mut status.admin,
+        };
+        *field = Some(replicas.clone());
+    }
 }
 
 fn is_true(conditions: &[Condition], type_: &str) -> bool {
