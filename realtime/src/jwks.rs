@@ -167,18 +167,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sets_skip_keys_they_cannot_use() {
+    fn sets_skip_entries_that_are_not_keys() {
         let body = serde_json::json!({"keys": [
             {"kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig", "n": "sXch", "e": "AQAB"},
             {"kty": "EC", "kid": "e1", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
-            {"kty": "weird", "kid": "w"},
+            3,
+            {"kid": "no key type"},
         ]});
         let keys = parse_set(body.to_string().as_bytes()).unwrap_or_default();
         let kids: Vec<_> = keys
             .iter()
             .filter_map(|k| k.common.key_id.clone())
             .collect();
-        assert_eq!(kids, ["r1", "e1"]);
+        // `3` is no key; a key of no known type is kept (no algorithm ever fits it).
+        assert_eq!(kids, ["r1", "e1", "no key type"]);
         assert!(parse_set(b"[]").is_err());
         assert!(parse_set(b"{\"keys\": 3}").is_err());
     }
