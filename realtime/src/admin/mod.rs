@@ -9,6 +9,7 @@
 //! digest, so an erased user is not named there either.
 
 mod recordings;
+mod records;
 mod users;
 mod views;
 

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use mongodb::bson::Document;
 use serde_json::json;
 
-use super::views::{ErrorBody, RecordingPage, RecordingPatch, RecordingStatus, RecordingView};
+use super::views::{
+    Missing, RecordingPage, RecordingPatch, RecordingStatus, RecordingView, Refused,
+};
 use super::{AdminState, ApiError, now_ms, publish};
 use crate::auth::Identity;
 use crate::error::ErrorCode;
@@ -88,10 +90,7 @@ fn query(params: &HashMap<String, String>) -> Result<RecordingQuery, ApiError> {
     ),
     responses(
         (status = 200, description = "A page, newest first", body = RecordingPage),
-        (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        Refused,
     )
 )]
 pub async fn list(
@@ -135,11 +134,8 @@ async fn found(s: &AdminState, tenant: &str, id: &str) -> Result<Document, ApiEr
     params(("recordingId" = String, Path, pattern = "^[A-Za-z0-9._@+-]{1,128}$")),
     responses(
         (status = 200, description = "The recording", body = RecordingView),
-        (status = 400, description = "The id is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "No such recording in the tenant", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        Missing,
+        Refused,
     )
 )]
 pub async fn read(
@@ -158,11 +154,8 @@ pub async fn read(
     request_body(content = RecordingPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The recording after the change", body = RecordingView),
-        (status = 400, description = "The body or the id is invalid", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "No such recording in the tenant", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        Missing,
+        Refused,
     )
 )]
 pub async fn update(
@@ -203,11 +196,8 @@ pub async fn update(
     params(("recordingId" = String, Path, pattern = "^[A-Za-z0-9._@+-]{1,128}$")),
     responses(
         (status = 204, description = "Erased"),
-        (status = 400, description = "The id is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "No such recording in the tenant", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        Missing,
+        Refused,
     )
 )]
 pub async fn delete(
@@ -250,7 +240,7 @@ pub async fn erase(
             s.store.erase_recording(tenant, id).await?;
         }
         Some(subject) => {
-            let step = crate::store::admin::Step::Recording(id);
+            let step = crate::store::erasure::Step::Recording(id);
             s.store.counted(tenant, subject, &step).await?;
         }
     }

@@ -25,9 +25,8 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
 
-use super::views::{
-    ErasureReport, ErrorBody, ModerationView, RecordingView, UserExport, memberships_of,
-};
+use super::records::{ErasureReport, ModerationView, UserExport, memberships_of};
+use super::views::{Missing, RecordingView, Refused};
 use super::{AdminState, ApiError, now_ms, publish, subject};
 use crate::auth::Identity;
 use crate::error::{Error, Result};
@@ -35,7 +34,7 @@ use crate::keys;
 use crate::metrics::KindLabel;
 use crate::model::{Content, Message};
 use crate::protocol::validate_id;
-use crate::store::admin::{ErasureCounts, Step};
+use crate::store::erasure::{ErasureCounts, Step};
 
 /// Bytes gathered before a chunk of the export is sent.
 const CHUNK: usize = 64 * 1024;
@@ -50,11 +49,8 @@ fn user_id(id: &str) -> std::result::Result<(), ApiError> {
     params(("userId" = String, Path, pattern = "^[A-Za-z0-9._@+-]{1,128}$")),
     responses(
         (status = 200, description = "The user's records", body = UserExport),
-        (status = 400, description = "The id is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "Nothing is held about this user in the tenant", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        Missing,
+        Refused,
     )
 )]
 pub async fn export(
@@ -163,11 +159,8 @@ pub async fn export(
     params(("userId" = String, Path, pattern = "^[A-Za-z0-9._@+-]{1,128}$")),
     responses(
         (status = 200, description = "Erased; counts over every attempt", body = ErasureReport),
-        (status = 400, description = "The id is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
-        (status = 404, description = "Nothing was ever held about this user in the tenant", body = ErrorBody),
-        (status = 503, description = "A dependency is unavailable; retry (it resumes)", body = ErrorBody),
+        Missing,
+        Refused,
     )
 )]
 pub async fn erase(

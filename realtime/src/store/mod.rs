@@ -25,6 +25,7 @@ use crate::model::{Content, Message};
 use crate::protocol::ChatRecord;
 
 pub mod admin;
+pub mod erasure;
 pub mod recordings;
 mod rooms;
 pub use rooms::{LogEntry, MODERATION_LOG, RestrictionKind};
