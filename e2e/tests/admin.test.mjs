@@ -433,7 +433,7 @@ test("erasure: nothing of the user left in MongoDB or Redis, others intact, hist
 });
 
 test("erasure resumes after the process is killed half-way", async (t) => {
-  const N = 20_000;
+  const N = 5_000;
   const seeded = Date.now();
   await insertMany("messages", messages(tenant, "fc", "frank", 1, N));
   t.diagnostic(`${N} messages seeded in ${Date.now() - seeded} ms`);

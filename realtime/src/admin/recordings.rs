@@ -211,14 +211,14 @@ pub async fn delete(
 }
 
 /// Publishes `recording.deleted`, leaves the recording's tombstone and drops its queued
-/// changes. `cause`: `admin` (a `DELETE` of it) or `user_erased`, when the erasure job
-/// of `subject` counts it (in the same transaction as the tombstone).
+/// changes. `cause`: `admin` (a `DELETE` of it) or `user_erased`, when the erasure `job`
+/// counts it (in the same transaction as the tombstone).
 pub async fn erase(
     s: &AdminState,
     tenant: &str,
     d: &Document,
     cause: &str,
-    subject: Option<&str>,
+    job: Option<&mut crate::store::erasure::ErasureJob>,
 ) -> Result<(), ApiError> {
     let id = d.get_str("recording_id").unwrap_or_default();
     publish(
@@ -235,13 +235,13 @@ pub async fn erase(
         }),
     )
     .await?;
-    match subject {
+    match job {
         None => {
             s.store.erase_recording(tenant, id).await?;
         }
-        Some(subject) => {
+        Some(job) => {
             let step = crate::store::erasure::Step::Recording(id);
-            s.store.counted(tenant, subject, &step).await?;
+            s.store.counted(job, &step).await?;
         }
     }
     let mut conn = s.redis.clone();

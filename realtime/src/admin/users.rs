@@ -194,20 +194,16 @@ pub async fn erase(
         return Err(ApiError::not_found(&format!("user {user}")));
     }
     let conversations: Vec<String> = conversations.into_iter().collect();
-    let job = store
+    let mut job = store
         .begin_erasure(&tenant, &subject, &conversations)
         .await?;
     tracing::info!(%subject, attempt = job.attempts, conversations = job.conversations.len(), "erasing a user");
     for d in &recordings {
-        super::recordings::erase(&s, &tenant, d, "user_erased", Some(&subject)).await?;
+        super::recordings::erase(&s, &tenant, d, "user_erased", Some(&mut job)).await?;
     }
-    store.redact_messages(&tenant, &user, &subject).await?;
-    store
-        .counted(&tenant, &subject, &Step::Memberships(&user))
-        .await?;
-    store
-        .counted(&tenant, &subject, &Step::Moderation(&user))
-        .await?;
+    store.redact_messages(&mut job, &user).await?;
+    store.counted(&mut job, &Step::Memberships(&user)).await?;
+    store.counted(&mut job, &Step::Moderation(&user)).await?;
     // Redis cannot join a MongoDB transaction: a crash between its erasure and the count
     // leaves those entries out of the totals (the retry finds them gone).
     let redis_entries = erase_from_redis(&s, &tenant, &user, &job.conversations).await?;
@@ -215,10 +211,8 @@ pub async fn erase(
         redis_entries,
         ..Default::default()
     };
-    store
-        .counted(&tenant, &subject, &Step::Counted(redis))
-        .await?;
-    let counts = store.finish_erasure(&tenant, &subject).await?;
+    store.counted(&mut job, &Step::Counted(redis)).await?;
+    let counts = store.finish_erasure(&job).await?;
     for (kind, n) in [
         ("messages", counts.messages),
         ("memberships", counts.memberships),

@@ -111,14 +111,28 @@ impl ErasureCounts {
     }
 }
 
-/// An erasure job as stored: identified by a digest of tenant and user (the job keeps no
-/// user id), with the conversations it must visit and what it erased so far.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// An erasure attempt: the job as stored (identified by a digest of tenant and user —
+/// the job keeps no user id — with the conversations it must visit and what it erased
+/// so far) and the MongoDB session its transactions run in. The session's id is stored
+/// in the job, so that the next attempt after a crash ends this one's transaction at once
+/// (`killSessions`) instead of waiting for the server to expire it.
 pub struct ErasureJob {
+    pub tenant: String,
+    pub subject: String,
     pub conversations: Vec<String>,
+    /// Counts as they were when this attempt began.
     pub counts: ErasureCounts,
     pub attempts: i64,
-    pub finished: bool,
+    session: ClientSession,
+}
+
+impl std::fmt::Debug for ErasureJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErasureJob")
+            .field("subject", &self.subject)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -137,21 +151,41 @@ impl Store {
     }
 
     /// Starts (or resumes) the erasure job of `subject`, adding `conversations` to those
-    /// it must visit; the job as stored after.
+    /// it must visit. An earlier attempt's session is killed first: a transaction it left
+    /// open when its process died would hold its documents until the server expires it.
     pub async fn begin_erasure(
         &self,
         tenant: &str,
         subject: &str,
         conversations: &[String],
     ) -> Result<ErasureJob> {
+        let filter = doc! {"tenant_id": tenant, "subject": subject};
+        let earlier = self
+            .erasures()
+            .find_one(filter.clone())
+            .projection(doc! {"session": 1})
+            .await?
+            .and_then(|j| j.get_document("session").ok().cloned());
+        if let Some(lsid) = earlier {
+            let killed = self
+                .database()
+                .client()
+                .database("admin")
+                .run_command(doc! {"killSessions": [lsid]})
+                .await;
+            if let Err(e) = killed {
+                tracing::warn!(error = %e, "the earlier erasure attempt's session could not be ended; its transaction expires on its own");
+            }
+        }
+        let session = self.database().client().start_session().await?;
         let now = DateTime::now();
         let job = self
             .erasures()
             .find_one_and_update(
-                doc! {"tenant_id": tenant, "subject": subject},
+                filter,
                 doc! {
                     "$setOnInsert": {"started_at": now, "counts": ErasureCounts::default().to_document()},
-                    "$set": {"attempted_at": now, "finished": false},
+                    "$set": {"attempted_at": now, "finished": false, "session": session.id().clone()},
                     "$inc": {"attempts": 1_i64},
                     "$addToSet": {"conversations": {"$each": conversations}},
                 },
@@ -161,6 +195,8 @@ impl Store {
             .await?
             .unwrap_or_default();
         Ok(ErasureJob {
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
             conversations: job
                 .get_array("conversations")
                 .map(|a| {
@@ -174,17 +210,17 @@ impl Store {
                 .map(ErasureCounts::from_document)
                 .unwrap_or_default(),
             attempts: job.get_i64("attempts").unwrap_or(1),
-            finished: false,
+            session,
         })
     }
 
     /// Marks the job finished and returns its counts over every attempt.
-    pub async fn finish_erasure(&self, tenant: &str, subject: &str) -> Result<ErasureCounts> {
+    pub async fn finish_erasure(&self, job: &ErasureJob) -> Result<ErasureCounts> {
         let job = self
             .erasures()
             .find_one_and_update(
-                doc! {"tenant_id": tenant, "subject": subject},
-                doc! {"$set": {"finished": true, "finished_at": DateTime::now()}},
+                doc! {"tenant_id": &job.tenant, "subject": &job.subject},
+                doc! {"$set": {"finished": true, "finished_at": DateTime::now()}, "$unset": {"session": ""}},
             )
             .return_document(mongodb::options::ReturnDocument::After)
             .await?
@@ -217,19 +253,15 @@ impl Store {
     /// Runs one erasure step and adds what it erased to the job's counts in one
     /// transaction: a crash counts a step fully or not at all (and then the retry redoes
     /// it), so the totals are exact over any number of attempts.
-    pub async fn counted(
-        &self,
-        tenant: &str,
-        subject: &str,
-        step: &Step<'_>,
-    ) -> Result<ErasureCounts> {
+    pub async fn counted(&self, job: &mut ErasureJob, step: &Step<'_>) -> Result<ErasureCounts> {
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(50);
+        let (tenant, subject) = (job.tenant.as_str(), job.subject.as_str());
+        let session = &mut job.session;
         loop {
-            let mut session = self.database().client().start_session().await?;
             let attempt = async {
                 session.start_transaction().await?;
-                let counts = self.run_step(tenant, step, &mut session).await?;
+                let counts = self.run_step(tenant, step, session).await?;
                 let inc: Document = counts
                     .to_document()
                     .into_iter()
@@ -240,15 +272,15 @@ impl Store {
                         doc! {"tenant_id": tenant, "subject": subject},
                         doc! {"$inc": inc},
                     )
-                    .session(&mut session)
+                    .session(&mut *session)
                     .await?;
                 session.commit_transaction().await?;
                 Ok::<_, crate::error::Error>(counts)
             }
             .await;
             match attempt {
-                // A write conflict — with a transaction of an attempt that crashed, which
-                // holds its documents until the server expires it — passes: try again.
+                // A write conflict passes: a concurrent write, or a crashed attempt's
+                // transaction that `begin_erasure` could not end (it expires): try again.
                 Err(crate::error::Error::Mongo(e))
                     if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
                         && started.elapsed() < TRANSACTION_PATIENCE =>
@@ -303,7 +335,9 @@ impl Store {
     /// Redacts the user's messages in batches of [`ERASE_BATCH`], each counted in the job
     /// of `subject` in its own transaction. Sender, client id and content go; id, seq
     /// and time stay. The number redacted by this call.
-    pub async fn redact_messages(&self, tenant: &str, user: &str, subject: &str) -> Result<u64> {
+    pub async fn redact_messages(&self, job: &mut ErasureJob, user: &str) -> Result<u64> {
+        let tenant = job.tenant.clone();
+        let tenant = tenant.as_str();
         let messages = self.database().collection::<Document>(MESSAGES);
         let mut cursor = messages
             .find(doc! {"tenant_id": tenant, "sender_id": user})
@@ -320,9 +354,9 @@ impl Store {
             if ids.len() == ERASE_BATCH || (next.is_none() && !ids.is_empty()) {
                 let batch = std::mem::take(&mut ids);
                 let step = Step::Messages { user, ids: &batch };
-                let counts = self.counted(tenant, subject, &step).await?;
+                let counts = self.counted(job, &step).await?;
                 done += counts.messages;
-                tracing::debug!(subject, done, "messages redacted");
+                tracing::debug!(subject = %job.subject, done, "messages redacted");
             }
             if next.is_none() {
                 return Ok(done);
