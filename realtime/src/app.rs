@@ -124,10 +124,17 @@ pub async fn run(
         metrics: deps.metrics.clone(),
         membership: membership.clone(),
     });
+    // One verifier (and one JWKS cache) for every role of the process.
+    let verifier = (cfg.role.runs_gateway() || cfg.role.runs_admin())
+        .then(|| Verifier::from_config(&cfg.auth))
+        .transpose()?;
     // Before the gateway's Socket.IO layer, which must wrap the fallback it serves from.
-    if cfg.role.runs_admin() {
+    if let (true, Some(verifier)) = (cfg.role.runs_admin(), &verifier) {
+        if let Err(e) = deps.store.ensure_erasure_index().await {
+            tracing::warn!(error = %e, "the unique index of user_erasures could not be created; concurrent first erasures of one user may split their counts");
+        }
         app = app.merge(crate::admin::router(crate::admin::AdminState {
-            verifier: Verifier::from_config(&cfg.auth)?,
+            verifier: verifier.clone(),
             store: deps.store.clone(),
             redis: deps.redis.clone(),
             producer: deps.producer.clone(),
@@ -138,7 +145,7 @@ pub async fn run(
     let mut io = None;
     if cfg.role.runs_gateway() {
         let (routes, layer, socket_io) =
-            start_gateway(&cfg, &deps, &membership, &cancel, &mut tasks).await?;
+            start_gateway(&cfg, &deps, verifier, &membership, &cancel, &mut tasks).await?;
         app = app.merge(routes).layer(layer);
         io = Some(socket_io);
     }
@@ -184,6 +191,7 @@ pub async fn run(
 async fn start_gateway(
     cfg: &Config,
     deps: &Dependencies,
+    verifier: Option<Verifier>,
     membership: &kafka::Membership,
     cancel: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<crate::error::Result<()>>,
@@ -195,7 +203,10 @@ async fn start_gateway(
         producer,
         metrics,
     } = deps;
-    let verifier = Verifier::from_config(&cfg.auth)?;
+    let verifier = match verifier {
+        Some(v) => v,
+        None => Verifier::from_config(&cfg.auth)?,
+    };
     let chat = Chat::new(cfg, redis, store, producer.clone(), metrics.clone());
     let calls = Arc::new(crate::calls::Calls::new(
         crate::calls::CallSettings::from_config(cfg),

@@ -151,7 +151,11 @@ impl Verifier {
         let signed_by_provider = jsonwebtoken::decode_header(token)
             .is_ok_and(|h| matches!(h.alg, Algorithm::RS256 | Algorithm::ES256));
         if signed_by_provider && jwks.stale() {
-            jwks.refresh().await;
+            if jwks.keys().is_empty() {
+                jwks.refresh().await; // nothing to check against yet
+            } else {
+                jwks.refresh_in_background();
+            }
         }
         match self.check(token) {
             Err(r) if r.unknown_key => {
@@ -286,6 +290,12 @@ fn key_fits(key: &Jwk, alg: Algorithm) -> bool {
         (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
         _ => false,
     };
+    if matches!(
+        key.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+    ) {
+        return false; // an encryption key never verifies a signature
+    }
     let named = match key.common.key_algorithm {
         None => true,
         Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,

@@ -34,6 +34,8 @@ pub struct JwksSource {
     min_refresh: Duration,
     max_age: Duration,
     fetches: std::sync::atomic::AtomicU64,
+    /// A background refresh is under way.
+    background: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for JwksSource {
@@ -52,6 +54,18 @@ impl JwksSource {
         if !matches!(url.scheme_str(), Some("https" | "http")) {
             anyhow::bail!("JWT_JWKS_URL must be an https:// (or http://) URL");
         }
+        if min_refresh < Duration::from_secs(1) {
+            anyhow::bail!("JWT_JWKS_MIN_REFRESH_SECONDS must be at least 1");
+        }
+        let loopback = matches!(
+            url.host(),
+            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+        );
+        if url.scheme_str() == Some("http") && !loopback {
+            // In-cluster identity providers are often plain HTTP behind a Service; whoever
+            // can change that traffic can mint tokens.
+            tracing::warn!(url = %url, "JWT_JWKS_URL is plain http: keys can be tampered with on the way; prefer https");
+        }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| anyhow::anyhow!("no TLS root certificates for JWT_JWKS_URL: {e}"))?
@@ -67,6 +81,7 @@ impl JwksSource {
             min_refresh,
             max_age,
             fetches: std::sync::atomic::AtomicU64::new(0),
+            background: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -107,8 +122,10 @@ impl JwksSource {
                 return false;
             }
         }
-        let result = self.fetch().await;
+        // The attempt counts from its start: a request cancelled mid-fetch (its client
+        // gone) has still used the slot, so dropped requests cannot multiply fetches.
         *self.fetched.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let result = self.fetch().await;
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match result {
@@ -122,6 +139,23 @@ impl JwksSource {
                 false
             }
         }
+    }
+
+    /// Refreshes stale keys without making the caller wait: tokens are checked against
+    /// the cached keys meanwhile (one background fetch at a time).
+    pub fn refresh_in_background(self: &Arc<Self>) {
+        if self
+            .background
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.refresh().await;
+            me.background
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     async fn fetch(&self) -> anyhow::Result<Vec<Jwk>> {
@@ -190,5 +224,9 @@ mod tests {
         let d = Duration::from_secs(1);
         assert!(JwksSource::new("ftp://idp/keys", d, d).is_err());
         assert!(JwksSource::new("not a url", d, d).is_err());
+        assert!(
+            JwksSource::new("https://idp/keys", Duration::ZERO, d).is_err(),
+            "a refresh floor of 0 would lift the rate limit"
+        );
     }
 }

@@ -155,7 +155,7 @@ impl Default for Metrics {
         );
         registry.register(
             "admin_request_seconds",
-            "Admin API call duration by action (an export: until the last byte is streamed)",
+            "Admin API call duration by action, until the answer starts (an export streams on after)",
             m.admin_request_seconds.clone(),
         );
         registry.register(

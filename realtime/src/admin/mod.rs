@@ -145,11 +145,36 @@ pub fn subject(tenant: &str, user: &str) -> String {
 fn target_of(tenant: &str, path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/admin/")?;
     let mut parts = rest.split('/');
-    match (parts.next(), parts.next()) {
+    match (parts.next(), parts.next().map(percent_decoded)) {
         (Some("recordings"), Some(id)) => Some(format!("recording:{id}")),
-        (Some("users"), Some(id)) => Some(format!("user:{}", subject(tenant, id))),
+        (Some("users"), Some(id)) => Some(format!("user:{}", subject(tenant, &id))),
         _ => None,
     }
+}
+
+/// A path segment as the handlers see it (`a%40b` is the user `a@b`).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Authenticates and authorizes every guarded route, then audits and counts the call.
@@ -347,6 +372,12 @@ mod tests {
             "export and erasure name the same subject"
         );
         assert_ne!(subject("t1", "alice"), subject("t2", "alice"));
+        assert_eq!(
+            target_of("t", "/v1/admin/users/a%40b/export"),
+            target_of("t", "/v1/admin/users/a@b"),
+            "audited as the handler reads the id"
+        );
+        assert_eq!(percent_decoded("x%2"), "x%2");
         assert_eq!(target_of("t", "/v1/admin/recordings"), None);
     }
 

@@ -13,7 +13,12 @@
 //! 6. Redis: idempotency/delivery records, rate-limit buckets, membership cache, typing,
 //!    call sockets and calls (keys of the tenant naming them); room presence, the cached
 //!    conversation and their messages in recovery windows (per conversation);
-//! 7. `user.erased` on the recording topic, with the counts.
+//! 7. a second pass over the messages, for those that were in flight (accepted, not yet
+//!    stored) during the first;
+//! 8. `user.erased` on the recording topic, with the counts.
+//!
+//! Only the latest attempt of a user's erasure counts: an older one still running (its
+//! client gave up and retried) has its session ended and stops at its next step.
 
 use std::collections::BTreeSet;
 
@@ -212,6 +217,8 @@ pub async fn erase(
         ..Default::default()
     };
     store.counted(&mut job, &Step::Counted(redis)).await?;
+    // Messages that were in flight (accepted, not yet stored) when the first pass ran.
+    store.redact_messages(&mut job, &user).await?;
     let counts = store.finish_erasure(&job).await?;
     for (kind, n) in [
         ("messages", counts.messages),
@@ -329,6 +336,20 @@ async fn erase_from_redis(
     Ok(erased)
 }
 
+/// Swaps recovery-window entries for their erased form, each only if it is still there
+/// (a trim or the key's expiry in between must not bring an entry back, nor make a key
+/// without expiry).
+const SWAP_ENTRIES: &str = r"
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+";
+
 /// Replaces the user's messages in a conversation's recovery window by their erased
 /// form (same `seq`, so recovery stays gap-free).
 async fn redact_recent(
@@ -345,9 +366,9 @@ async fn redact_recent(
         .arg("WITHSCORES")
         .query_async(conn)
         .await?;
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    let mut n = 0;
+    let script = redis::Script::new(SWAP_ENTRIES);
+    let mut swap = script.key(&key);
+    let mut any = false;
     for (raw, score) in entries {
         let Ok(mut m) = serde_json::from_str::<Message>(&raw) else {
             continue;
@@ -358,14 +379,13 @@ async fn redact_recent(
         m.sender_id = String::new();
         m.client_message_id = String::new();
         m.content = Content::Erased;
-        pipe.zrem(&key, &raw).ignore();
-        pipe.zadd(&key, serde_json::to_string(&m)?, score).ignore();
-        n += 1;
+        swap.arg(raw).arg(serde_json::to_string(&m)?).arg(score);
+        any = true;
     }
-    if n > 0 {
-        let () = pipe.query_async(conn).await?;
+    if !any {
+        return Ok(0);
     }
-    Ok(n)
+    Ok(swap.invoke_async(conn).await?)
 }
 
 #[cfg(test)]

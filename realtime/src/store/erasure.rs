@@ -140,6 +140,22 @@ impl Store {
         self.database().collection(USER_ERASURES)
     }
 
+    /// One job per tenant and user, also when two first attempts race (created by the
+    /// admin role at start-up: the collection is its own bookkeeping).
+    pub async fn ensure_erasure_index(&self) -> Result<()> {
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! {"tenant_id": 1, "subject": 1})
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .name("tenant_subject".to_owned())
+                    .build(),
+            )
+            .build();
+        self.erasures().create_index(index).await?;
+        Ok(())
+    }
+
     /// True when an erasure of `subject` was started before (finished or not).
     pub async fn erasure_started(&self, tenant: &str, subject: &str) -> Result<bool> {
         Ok(self
@@ -220,7 +236,10 @@ impl Store {
             .erasures()
             .find_one_and_update(
                 doc! {"tenant_id": &job.tenant, "subject": &job.subject},
-                doc! {"$set": {"finished": true, "finished_at": DateTime::now()}, "$unset": {"session": ""}},
+                doc! {
+                    "$set": {"finished": true, "finished_at": DateTime::now()},
+                    "$unset": {"session": "", "conversations": ""},
+                },
             )
             .return_document(mongodb::options::ReturnDocument::After)
             .await?
@@ -256,7 +275,7 @@ impl Store {
     pub async fn counted(&self, job: &mut ErasureJob, step: &Step<'_>) -> Result<ErasureCounts> {
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(50);
-        let (tenant, subject) = (job.tenant.as_str(), job.subject.as_str());
+        let (tenant, subject, attempt) = (job.tenant.as_str(), job.subject.as_str(), job.attempts);
         let session = &mut job.session;
         loop {
             let attempt = async {
@@ -267,13 +286,21 @@ impl Store {
                     .into_iter()
                     .map(|(k, v)| (format!("counts.{k}"), v))
                     .collect();
-                self.erasures()
+                // Only the latest attempt counts: an older one still running (its client
+                // gave up and retried) stops here, its step undone with the transaction.
+                let counted = self
+                    .erasures()
                     .update_one(
-                        doc! {"tenant_id": tenant, "subject": subject},
+                        doc! {"tenant_id": tenant, "subject": subject, "attempts": attempt},
                         doc! {"$inc": inc},
                     )
                     .session(&mut *session)
                     .await?;
+                if counted.matched_count == 0 {
+                    return Err(crate::error::Error::Vanished(format!(
+                        "erasure attempt {attempt} (a newer attempt took over)"
+                    )));
+                }
                 session.commit_transaction().await?;
                 Ok::<_, crate::error::Error>(counts)
             }
@@ -290,7 +317,11 @@ impl Store {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(2));
                 }
-                other => return other,
+                Ok(counts) => return Ok(counts),
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(e);
+                }
             }
         }
     }
