@@ -112,6 +112,7 @@ export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
 export TANSU_BIN=$(tansu_bin)
 export SCHEMATHESIS_BIN=$ST_VENV/bin/st
+export SECANTUS_BIN=$VENV/bin/secantusd-py
 EOV
 }
 

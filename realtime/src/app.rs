@@ -12,7 +12,7 @@ use axum::serve::ListenerExt;
 use redis::aio::ConnectionManager;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::{SocketIo, layer::SocketIoLayer};
-use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
@@ -26,7 +26,7 @@ use crate::store::Store;
 use crate::{kafka, shutdown};
 
 /// The Socket.IO server of a gateway (its adapter: Redis pub/sub).
-type Adapter = RedisAdapter<socketioxide::adapter::Emitter>;
+type Adapter = CustomRedisAdapter<socketioxide::adapter::Emitter, gateway::pubsub::PubSub>;
 type Io = SocketIo<Adapter>;
 
 /// The process's connections to what it depends on.
@@ -236,9 +236,16 @@ async fn start_gateway(
             Ok(())
         }
     });
-    let adapter = RedisAdapterCtr::new_with_redis(redis_client)
+    let pubsub = gateway::pubsub::PubSub::connect(redis_client)
         .await
         .context("the Socket.IO Redis adapter needs Redis >= 7 with RESP3")?;
+    let adapter = RedisAdapterCtr::new_with_driver(
+        pubsub,
+        RedisAdapterConfig::default().with_prefix(gateway::pubsub::channel_prefix(
+            &cfg.kafka.group_prefix,
+            redis_client,
+        )),
+    );
     let (layer, io) = SocketIo::builder()
         .with_state(gw.clone())
         .max_buffer_size(cfg.socket_max_buffer)
@@ -250,7 +257,7 @@ async fn start_gateway(
                 .saturating_mul(2)
                 .saturating_add(64 * 1024),
         )
-        .with_adapter::<RedisAdapter<_>>(adapter)
+        .with_adapter::<Adapter>(adapter)
         .build_layer();
     // Registering subscribes the adapter on Redis with a short reply timeout of its
     // own; a busy Redis (or machine) can miss it once, so it is retried.

@@ -72,11 +72,25 @@ pub struct ClientError {
     pub retry_after_ms: Option<u64>,
 }
 
+/// Longest refusal message, in bytes. Messages quote what was refused (a field name, a
+/// value); a client must not be able to make the server echo, log and audit kilobytes of
+/// its own input (found by fuzzing the admin PATCH body).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
 impl ClientError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut cut = MAX_ERROR_MESSAGE_BYTES - '…'.len_utf8();
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         Self {
             code,
-            message: message.into(),
+            message,
             retry_after_ms: None,
         }
     }
@@ -159,6 +173,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character() {
+        let long = format!("unknown field `{}`", "é".repeat(600));
+        let e = ClientError::new(ErrorCode::InvalidPayload, long);
+        assert!(
+            e.message.len() <= MAX_ERROR_MESSAGE_BYTES,
+            "{}",
+            e.message.len()
+        );
+        assert!(e.message.starts_with("unknown field `é") && e.message.ends_with('…'));
+        let short = ClientError::new(ErrorCode::InvalidPayload, "short");
+        assert_eq!(short.message, "short");
+    }
 
     #[test]
     fn codes_serialize_as_their_stable_strings() {

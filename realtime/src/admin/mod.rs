@@ -11,7 +11,7 @@
 mod recordings;
 mod records;
 mod users;
-mod views;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Instant;

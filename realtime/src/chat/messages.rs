@@ -168,6 +168,30 @@ impl Chat {
         })
     }
 
+    /// The messages after `after_seq` when there are no more than the window, although
+    /// their numbers span more (a repaired counter's jump): all of them when the window
+    /// reaches back to `after_seq`, else the stored ones with what the window adds.
+    /// `None` when there really are more.
+    async fn across_gap(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        after_seq: u64,
+    ) -> crate::error::Result<Option<Vec<crate::model::Message>>> {
+        let recent = &self.delivery.recent;
+        let window = recent.window();
+        let buffered = recent.after(tenant, conversation, after_seq).await?;
+        if recent.reaches(tenant, conversation, after_seq).await? {
+            return Ok(Some(buffered));
+        }
+        let stored = self
+            .store
+            .messages_after(tenant, conversation, after_seq, window.saturating_add(1))
+            .await?;
+        let merged = recent::merge(buffered, stored);
+        Ok((merged.len() <= window as usize).then_some(merged))
+    }
+
     /// `messages:recover`: everything after `afterSeq`, in order, from the recovery
     /// window and, for what it no longer holds, from MongoDB; `too_far_behind` past the
     /// window.
@@ -189,6 +213,22 @@ impl Chat {
         let messages = match recent::plan(req.after_seq, latest, window) {
             Plan::UpToDate => Vec::new(),
             Plan::TooFarBehind { missed } => {
+                // Numbers are not messages: a counter repaired after Redis lost writes
+                // skips SEQUENCE_REPAIR_GAP numbers. What is really there may still fit.
+                if let Some(messages) = self
+                    .across_gap(tenant, conversation, req.after_seq)
+                    .await
+                    .map_err(|e| internal(&e))?
+                {
+                    self.metrics.recovery("across_gap");
+                    self.metrics.recovery("complete");
+                    return Ok(Recovered {
+                        conversation_id: req.conversation_id,
+                        messages,
+                        complete: true,
+                        latest_seq: latest,
+                    });
+                }
                 self.metrics.recovery("too_far_behind");
                 return Err(ClientError::new(
                     ErrorCode::TooFarBehind,

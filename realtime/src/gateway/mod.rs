@@ -8,6 +8,7 @@ mod calls;
 mod confirm;
 mod emit;
 mod moderation;
+pub mod pubsub;
 mod reply;
 mod rooms;
 
