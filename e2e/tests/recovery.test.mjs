@@ -12,7 +12,7 @@ let gwA, gwB, persister, store;
 
 before(async () => {
   store = await h.mongo(s.db);
-  for (const c of ["calm", "crash", "far"]) await h.seedConversation(store.db, tenant, c, ["alice", "bob"]);
+  for (const c of ["calm", "crash", "far", "jump"]) await h.seedConversation(store.db, tenant, c, ["alice", "bob"]);
   [gwA, gwB, persister] = await Promise.all([
     h.startRealtime({ role: "gateway", ...s, env }),
     h.startRealtime({ role: "gateway", ...s, env }),
@@ -110,4 +110,27 @@ test("past the recovery window the answer is too_far_behind, and history pages t
   assertExactly(within, acks.slice(10));
   const bad = await alice.emitWithAck("messages:recover", { conversationId: "far", afterSeq: "ten" });
   assert.equal(bad.error.code, "invalid_payload");
+});
+
+test("across a repaired counter's jump, recovery counts messages, not numbers — also when Redis lost the newest ones", async () => {
+  const alice = await joined(gwA, "alice", "jump");
+  const early = await sendMany(alice, "jump", 5, "early");
+  await h.waitFor(async () => (await store.db.collection("messages").countDocuments({ tenant_id: tenant, conversation_id: "jump" })) === 5, {
+    timeoutMs: 30_000,
+    what: "5 stored messages",
+  });
+  // Redis comes back without its newest writes (an older snapshot, a failover): the
+  // counter and the recovery window end at seq 3, the verification mark is another
+  // server's. MongoDB has 4 and 5.
+  assert.deepEqual(early.map((a) => a.seq), [1, 2, 3, 4, 5]);
+  await h.redisCommand(s.redisDb, "SET", `rt:${tenant}:seq:jump`, "3");
+  await h.redisCommand(s.redisDb, "ZREMRANGEBYSCORE", `rt:${tenant}:recent:jump`, "4", "5");
+  await h.redisCommand(s.redisDb, "SET", `rt:${tenant}:seqv:jump`, "another-server");
+  const late = await sendMany(alice, "jump", 3, "late");
+  assert.ok(late[0].seq > 5 + 150, `the counter jumped past the window (${late[0].seq})`);
+  // A client that saw seq 2: numbers span more than RECOVERY_WINDOW (150), messages do
+  // not; 4 and 5 come from MongoDB although the window still reaches back to 2.
+  assertExactly(await alice.emitWithAck("messages:recover", { conversationId: "jump", afterSeq: 2 }), [...early.slice(2), ...late]);
+  const metrics = await (await fetch(`${gwA.url}/metrics`)).text();
+  assert.match(metrics, /realtime_recoveries_total\{outcome="across_gap"\} 1/);
 });

@@ -230,7 +230,13 @@ pub fn stun_message(data: &[u8]) {
     ] {
         let _ = message.xor_address(kind);
     }
-    if message.class != Class::Other {
+    // (A body near 64 KiB can grow past the u16 length by padding the last attribute.)
+    let body: usize = message
+        .attributes
+        .iter()
+        .map(|(_, v)| 4 + v.len().div_ceil(4) * 4)
+        .sum();
+    if message.class != Class::Other && body <= usize::from(u16::MAX) {
         let again = Message::decode(&message.encode());
         assert_eq!(again.as_ref(), Ok(&message), "decode(encode(m)) == m");
     }

@@ -169,9 +169,10 @@ impl Chat {
     }
 
     /// The messages after `after_seq` when there are no more than the window, although
-    /// their numbers span more (a repaired counter's jump): all of them when the window
-    /// reaches back to `after_seq`, else the stored ones with what the window adds.
-    /// `None` when there really are more.
+    /// their numbers span more (a repaired counter's jump): the stored ones with what the
+    /// window adds. Always read from MongoDB too: the window alone may hold older entries
+    /// and miss newer ones that Redis lost before the repair. `None` when there really
+    /// are more.
     async fn across_gap(
         &self,
         tenant: &str,
@@ -181,13 +182,13 @@ impl Chat {
         let recent = &self.delivery.recent;
         let window = recent.window();
         let buffered = recent.after(tenant, conversation, after_seq).await?;
-        if recent.reaches(tenant, conversation, after_seq).await? {
-            return Ok(Some(buffered));
-        }
         let stored = self
             .store
             .messages_after(tenant, conversation, after_seq, window.saturating_add(1))
             .await?;
+        if stored.len() > window as usize {
+            return Ok(None);
+        }
         let merged = recent::merge(buffered, stored);
         Ok((merged.len() <= window as usize).then_some(merged))
     }

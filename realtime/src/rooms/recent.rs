@@ -93,19 +93,6 @@ impl RecentMessages {
         Ok(())
     }
 
-    /// True when the window still holds a message numbered `after_seq` or lower: then
-    /// every accepted message after it is in the window.
-    pub async fn reaches(&self, tenant: &str, conversation: &str, after_seq: u64) -> Result<bool> {
-        let mut conn = self.redis.clone();
-        let older: u64 = redis::cmd("ZCOUNT")
-            .arg(keys::recent(tenant, conversation))
-            .arg("-inf")
-            .arg(after_seq)
-            .query_async(&mut conn)
-            .await?;
-        Ok(older > 0)
-    }
-
     /// Buffered messages with `seq > after_seq`, ascending.
     pub async fn after(
         &self,
